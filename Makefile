@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 8080
+DATA ?= .karma-data
+
+.PHONY: install run test lint typecheck unit conformance bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+## Start a server on 127.0.0.1:$(PORT) with data in ./$(DATA), WAL on.
+run: install
+	$(BIN)/karma-trio --bind=127.0.0.1 --port=$(PORT) --directory=$(DATA) --restore=true --wal=true
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check karma
+
+typecheck: install
+	$(BIN)/mypy --strict karma
+
+unit: install
+	$(BIN)/python -m pytest -q
+
+## ruff, mypy --strict, then the whole pytest suite.
+test: lint typecheck unit
+
+## The conformance cases against karma 1.0's golden answers (needs ../shared).
+conformance: install
+	bash ../shared/conformance/run.sh
+
+## The benchmark matrix (see benchmarks/README.md).
+bench: install
+	$(BIN)/python benchmarks/bench.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

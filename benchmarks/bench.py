@@ -1,0 +1,186 @@
+"""Side-by-side throughput matrix: karma-trio (WAL off / on / fsync) against a baseline, one run.
+
+Uses the C load generator `kbench` (built from ../shared/bench/kbench.c, or $KBENCH_SRC) so that
+the client is not the bottleneck. Prints a table and writes JSON to benchmarks/results/.
+
+    .venv/bin/python benchmarks/bench.py                 # full matrix
+    .venv/bin/python benchmarks/bench.py --quick         # fewer requests
+    .venv/bin/python benchmarks/bench.py --only wal-off,baseline
+
+Numbers from one machine vary run to run: compare columns of the same run, not runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_BENCH = Path(os.environ.get("KARMA_SHARED_BENCH", ROOT.parent / "shared" / "bench"))
+BUILD = ROOT / "benchmarks" / ".build"
+RESULTS = ROOT / "benchmarks" / "results"
+KARMA = [sys.executable, "-m", "karma"]
+COMMON = [
+    "--bind=127.0.0.1",
+    "--log=false",
+    "--max-request-bytes=1048576",
+    "--max-response-bytes=0",
+    "--read-timeout=0",
+]
+
+SERVERS: dict[str, list[str]] = {
+    "baseline": [],  # trio_min.py, filled in main()
+    "wal-off": ["--wal=false"],
+    "wal-on": ["--wal=true", "--wal-fsync=false"],
+    "wal-fsync": ["--wal=true", "--wal-fsync=true"],
+}
+
+
+def workloads(single: int, batches: int) -> list[tuple[str, list[str]]]:
+    return [
+        ("increment", ["--op=increment", "--clients=4", f"--requests={single}", "--setup"]),
+        ("sum", ["--op=sum", "--clients=4", f"--requests={single}"]),
+        (
+            "batch_add x1000",
+            ["--op=batch_add", "--clients=4", f"--requests={batches}", "--batch=1000"],
+        ),
+        (
+            "batch_sum x1000",
+            ["--op=batch_sum", "--clients=4", f"--requests={batches}", "--batch=1000"],
+        ),
+        (
+            "increment pipeline=32",
+            ["--op=increment", "--clients=4", f"--requests={single}", "--pipeline=32"],
+        ),
+    ]
+
+
+def build_kbench() -> Path:
+    source = SHARED_BENCH / "kbench.c"
+    binary = BUILD / "kbench"
+    if not source.exists():
+        sys.exit(f"kbench source not found at {source} (set KARMA_SHARED_BENCH)")
+    if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
+        BUILD.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["gcc", "-O2", "-pthread", "-o", str(binary), str(source)], check=True)
+    return binary
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("server did not listen")
+
+
+def run_server(name: str, kbench: Path, single: int, batches: int) -> list[dict[str, object]]:
+    port = free_port()
+    directory = Path(tempfile.mkdtemp(prefix=f"kbench-{name}-"))
+    if name == "baseline":
+        command = [sys.executable, str(SHARED_BENCH / "trio_min.py"), str(port)]
+    else:
+        command = [*KARMA, *COMMON, f"--port={port}", f"--directory={directory}", *SERVERS[name]]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows: list[dict[str, object]] = []
+    try:
+        wait_listening(port, process)
+        for workload, args in workloads(single, batches):
+            done = subprocess.run(
+                [str(kbench), f"--port={port}", *args],
+                capture_output=True,
+                text=True,
+                timeout=600,
+                check=False,
+            )
+            try:
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+            except (IndexError, ValueError):
+                result = {"error": done.stderr.strip()[-200:]}
+            rows.append({"server": name, "workload": workload, **result})
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        shutil.rmtree(directory, ignore_errors=True)
+    return rows
+
+
+def rate(row: dict[str, object]) -> float:
+    for field in ("items_per_sec", "ops_per_sec"):
+        value = row.get(field)
+        if isinstance(value, int | float) and value:
+            return float(value)
+    return 0.0
+
+
+def print_table(rows: list[dict[str, object]], servers: list[str]) -> None:
+    names = [w for w, _ in workloads(1, 1)]
+    print(f"{'workload':24}" + "".join(f"{s:>16}" for s in servers))
+    for workload in names:
+        cells = []
+        for server in servers:
+            row = next((r for r in rows if r["server"] == server and r["workload"] == workload), {})
+            errors = row.get("errors", 0)
+            mark = "!" if errors else ""
+            cells.append(f"{rate(row):>15,.0f}{mark or ' '}")
+        print(f"{workload:24}" + "".join(cells))
+    print("(ops/s, or items/s for batches; ! = some answers were errors)")
+    print()
+    print(f"{'p50/p95/p99 ms':24}" + "".join(f"{s:>16}" for s in servers))
+    for workload in names[:2]:
+        cells = []
+        for server in servers:
+            row = next((r for r in rows if r["server"] == server and r["workload"] == workload), {})
+            cells.append(
+                f"{row.get('p50_ms', 0)}/{row.get('p95_ms', 0)}/{row.get('p99_ms', 0)}".rjust(16)
+            )
+        print(f"{workload:24}" + "".join(cells))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer requests per workload")
+    parser.add_argument("--only", default="", help="comma-separated servers to run")
+    args = parser.parse_args()
+    single, batches = (3000, 40) if args.quick else (10000, 100)
+    servers = [s for s in SERVERS if not args.only or s in args.only.split(",")]
+    kbench = build_kbench()
+    rows: list[dict[str, object]] = []
+    for server in servers:
+        rows += run_server(server, kbench, single, batches)
+    print_table(rows, servers)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = RESULTS / f"bench-{stamp}.json"
+    out.write_text(json.dumps(rows, indent=1))
+    print(json.dumps(rows))
+    print(f"\nJSON written to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,422 @@
+"""Every configuration option in one table: flag, environment variable, default, parser, help.
+
+The table drives command-line parsing, ``--help`` and ``docs/reference/configuration.md`` (a
+test checks the doc against it). The command line wins over the environment; a bad value is a
+:class:`ConfigError` naming the option, and the server never starts half-configured.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from enum import StrEnum
+from typing import Final
+
+import attrs
+
+
+class Role(StrEnum):
+    MASTER = "master"
+    SLAVE = "slave"
+
+
+class ConfigError(Exception):
+    """A bad option value; the CLI prints it on one line and exits with status 2."""
+
+
+def parse_bool(text: str) -> bool:
+    if text == "true":
+        return True
+    if text == "false":
+        return False
+    raise ValueError("expected true or false")
+
+
+def parse_port(text: str) -> int:
+    port = _parse_int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError("expected a TCP port number (0-65535)")
+    return port
+
+
+def _parse_int(text: str) -> int:
+    stripped = text.strip()
+    if not stripped or not (stripped.isdigit() or (stripped[0] in "+-" and stripped[1:].isdigit())):
+        raise ValueError("expected an integer")
+    return int(stripped)
+
+
+def parse_count(text: str) -> int:
+    value = _parse_int(text)
+    if value < 0:
+        raise ValueError("expected an integer >= 0")
+    return value
+
+
+def parse_positive(text: str) -> int:
+    value = _parse_int(text)
+    if value < 1:
+        raise ValueError("expected an integer >= 1")
+    return value
+
+
+def parse_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("expected a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("expected a number of seconds >= 0")
+    return value
+
+
+def parse_role(text: str) -> Role:
+    try:
+        return Role(text)
+    except ValueError:
+        raise ValueError("expected master or slave") from None
+
+
+def parse_text(text: str) -> str:
+    return text
+
+
+def parse_token(text: str) -> str:
+    if not text:
+        raise ValueError("a token must not be empty")
+    return text
+
+
+def parse_log_level(text: str) -> str:
+    if text not in LOG_LEVELS:
+        raise ValueError("expected one of " + ", ".join(LOG_LEVELS))
+    return text
+
+
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+
+
+@attrs.frozen
+class Option:
+    flag: str
+    env: str
+    default: object
+    parse: Callable[[str], object]
+    help: str
+    #: Which issue or component uses it, shown in the docs when not yet active.
+    note: str = ""
+
+    @property
+    def attr(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    @property
+    def default_text(self) -> str:
+        if self.default is None:
+            return "unset"
+        if isinstance(self.default, bool):
+            return "true" if self.default else "false"
+        if isinstance(self.default, float) and self.default.is_integer():
+            return str(int(self.default))
+        return str(self.default)
+
+
+OPTIONS: Final[tuple[Option, ...]] = (
+    Option("--bind", "KARMA_HOST", "0.0.0.0", parse_text, "Address to listen on."),
+    Option("--port", "KARMA_PORT", 8080, parse_port, "TCP port (0 picks a free port)."),
+    Option(
+        "--directory",
+        "KARMA_DUMP_DIR",
+        ".",
+        parse_text,
+        "Data directory: snapshots, WAL and metadata.",
+    ),
+    Option("--role", "KARMA_ROLE", Role.MASTER, parse_role, "Node role: master or slave."),
+    Option(
+        "--restore",
+        "KARMA_RESTORE",
+        True,
+        parse_bool,
+        "Load snapshots and replay the WAL on startup.",
+    ),
+    Option(
+        "--nodelay", "KARMA_TCP_NODELAY", True, parse_bool, "Set TCP_NODELAY on client sockets."
+    ),
+    Option("--wal", "KARMA_WAL", True, parse_bool, "Log every mutation to the write-ahead log."),
+    Option(
+        "--wal-fsync",
+        "KARMA_WAL_FSYNC",
+        True,
+        parse_bool,
+        "fsync each WAL batch before answering (group commit).",
+    ),
+    Option(
+        "--wal-segment-bytes",
+        "KARMA_WAL_SEGMENT_BYTES",
+        67108864,
+        parse_count,
+        "Rotate karma.wal into a segment past this size; 0 disables rotation.",
+    ),
+    Option(
+        "--wal-batch-size",
+        "KARMA_WAL_BATCH_SIZE",
+        1024,
+        parse_positive,
+        "Most mutations written by one WAL batch.",
+    ),
+    Option(
+        "--wal-batch-wait-us",
+        "KARMA_WAL_BATCH_WAIT_MICROSECONDS",
+        0,
+        parse_count,
+        "How long the WAL writer waits for more mutations before writing a batch.",
+    ),
+    Option(
+        "--max-request-bytes",
+        "KARMA_MAX_REQUEST_BYTES",
+        4096,
+        parse_positive,
+        "Longest accepted request line; longer ones get request_too_large and a close.",
+    ),
+    Option(
+        "--max-response-bytes",
+        "KARMA_MAX_RESPONSE_BYTES",
+        1048576,
+        parse_count,
+        "Longest answer; larger ones get response_too_large. 0 disables the limit.",
+    ),
+    Option(
+        "--read-timeout",
+        "KARMA_READ_TIMEOUT_SECONDS",
+        5.0,
+        parse_seconds,
+        "Close a connection idle this many seconds; 0 disables.",
+    ),
+    Option(
+        "--write-timeout",
+        "KARMA_WRITE_TIMEOUT_SECONDS",
+        5.0,
+        parse_seconds,
+        "Close a connection whose answer cannot be sent in this many seconds; 0 disables.",
+    ),
+    Option(
+        "--query-timeout-ms",
+        "KARMA_QUERY_TIMEOUT_MS",
+        1000,
+        parse_count,
+        "Budget for large reads (tree.*), answered query_timeout when exceeded; 0 disables.",
+    ),
+    Option(
+        "--shutdown-timeout",
+        "KARMA_SHUTDOWN_TIMEOUT_SECONDS",
+        5.0,
+        parse_seconds,
+        "On SIGINT/SIGTERM, how long open connections may finish before they are cut.",
+    ),
+    Option(
+        "--auth-token",
+        "KARMA_AUTH_TOKEN",
+        None,
+        parse_token,
+        "Token every request must carry (field `token`).",
+    ),
+    Option(
+        "--read-auth-token",
+        "KARMA_READ_AUTH_TOKEN",
+        None,
+        parse_token,
+        "Token allowed to run read-only commands.",
+    ),
+    Option(
+        "--dump-retention-per-tree",
+        "KARMA_DUMP_RETENTION_PER_TREE",
+        5,
+        parse_count,
+        "Snapshots kept per series after snapshot.create_all; 0 keeps all.",
+        "issue 3",
+    ),
+    Option(
+        "--snapshot-interval-seconds",
+        "KARMA_SNAPSHOT_INTERVAL_SECONDS",
+        0.0,
+        parse_seconds,
+        "Take snapshot.create_all periodically; 0 disables.",
+        "issue 3",
+    ),
+    Option(
+        "--idempotency-max-records",
+        "KARMA_IDEMPOTENCY_MAX_RECORDS",
+        1000000,
+        parse_count,
+        "Most idempotency records remembered.",
+        "issue 4",
+    ),
+    Option(
+        "--idempotency-max-age-seconds",
+        "KARMA_IDEMPOTENCY_MAX_AGE_SECONDS",
+        604800,
+        parse_count,
+        "Oldest idempotency record kept; 0 disables age pruning.",
+        "issue 4",
+    ),
+    Option(
+        "--replication-source-host",
+        "KARMA_REPLICATION_SOURCE_HOST",
+        None,
+        parse_text,
+        "Master host a slave polls.",
+        "issue 7",
+    ),
+    Option(
+        "--replication-source-port",
+        "KARMA_REPLICATION_SOURCE_PORT",
+        8080,
+        parse_port,
+        "Master port a slave polls.",
+        "issue 7",
+    ),
+    Option(
+        "--replication-token",
+        "KARMA_REPLICATION_TOKEN",
+        None,
+        parse_token,
+        "Token a slave sends to its master.",
+        "issue 7",
+    ),
+    Option(
+        "--replication-poll-interval-ms",
+        "KARMA_REPLICATION_POLL_INTERVAL_MS",
+        1000,
+        parse_positive,
+        "How often a slave polls its master.",
+        "issue 7",
+    ),
+    Option(
+        "--replication-batch-size",
+        "KARMA_REPLICATION_BATCH_SIZE",
+        1000,
+        parse_positive,
+        "Most WAL entries fetched by one poll.",
+        "issue 7",
+    ),
+    Option(
+        "--metrics-bind",
+        "KARMA_METRICS_HOST",
+        "127.0.0.1",
+        parse_text,
+        "Address of the Prometheus /metrics endpoint.",
+        "issue 5",
+    ),
+    Option(
+        "--metrics-port",
+        "KARMA_METRICS_PORT",
+        0,
+        parse_port,
+        "Port of the Prometheus /metrics endpoint; 0 disables it.",
+        "issue 5",
+    ),
+    Option("--log", "KARMA_LOG", True, parse_bool, "Write structured JSON logs to stderr."),
+    Option(
+        "--log-level",
+        "KARMA_LOG_LEVEL",
+        "info",
+        parse_log_level,
+        "Least severe log level written: debug, info, warning or error.",
+    ),
+)
+
+OPTIONS_BY_FLAG: Final[Mapping[str, Option]] = {option.flag: option for option in OPTIONS}
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """A complete, validated configuration. Field names are the flags without dashes."""
+
+    bind: str = "0.0.0.0"
+    port: int = 8080
+    directory: str = "."
+    role: Role = Role.MASTER
+    restore: bool = True
+    nodelay: bool = True
+    wal: bool = True
+    wal_fsync: bool = True
+    wal_segment_bytes: int = 67108864
+    wal_batch_size: int = 1024
+    wal_batch_wait_us: int = 0
+    max_request_bytes: int = 4096
+    max_response_bytes: int = 1048576
+    read_timeout: float = 5.0
+    write_timeout: float = 5.0
+    query_timeout_ms: int = 1000
+    shutdown_timeout: float = 5.0
+    auth_token: str | None = None
+    read_auth_token: str | None = None
+    dump_retention_per_tree: int = 5
+    snapshot_interval_seconds: float = 0.0
+    idempotency_max_records: int = 1000000
+    idempotency_max_age_seconds: int = 604800
+    replication_source_host: str | None = None
+    replication_source_port: int = 8080
+    replication_token: str | None = None
+    replication_poll_interval_ms: int = 1000
+    replication_batch_size: int = 1000
+    metrics_bind: str = "127.0.0.1"
+    metrics_port: int = 0
+    log: bool = True
+    log_level: str = "info"
+
+
+class HelpRequested(Exception):  # noqa: N818 - a signal to the CLI, not an error
+    """``--help`` was given: print :func:`help_text` and exit 0."""
+
+
+def _parse_value(option: Option, text: str, source: str) -> object:
+    try:
+        return option.parse(text)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: invalid value {text!r}: {exc}") from None
+
+
+def load(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
+    """Build a Config from the environment, then the command line (which wins)."""
+    values: dict[str, object] = {}
+    for option in OPTIONS:
+        if option.env in environ:
+            values[option.attr] = _parse_value(option, environ[option.env], option.env)
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg in ("-h", "--help"):
+            raise HelpRequested
+        flag, has_value, text = arg.partition("=")
+        found = OPTIONS_BY_FLAG.get(flag)
+        if found is None:
+            raise ConfigError(f"{flag}: unknown option (see --help)")
+        option = found
+        if not has_value:
+            if not args:
+                raise ConfigError(f"{flag}: a value is required ({flag}=VALUE)")
+            text = args.pop(0)
+        values[option.attr] = _parse_value(option, text, flag)
+    return Config(**values)  # type: ignore[arg-type]  # values come typed from OPTIONS
+
+
+def help_text() -> str:
+    lines = ["usage: karma-trio [OPTION=VALUE ...]", "", "Options (environment variable, default):"]
+    for option in OPTIONS:
+        lines.append(f"  {option.flag}=VALUE")
+        lines.append(f"      {option.help} [{option.env}, default {option.default_text}]")
+    lines += ["", "Subcommands: karma-trio serve [OPTIONS] (the default)"]
+    return "\n".join(lines)
+
+
+def reference_markdown() -> str:
+    """The configuration reference page, generated from OPTIONS."""
+    rows = [
+        "| Option | Environment | Default | Meaning |",
+        "|---|---|---|---|",
+    ]
+    for option in OPTIONS:
+        meaning = option.help + (" (accepted and validated; not active yet)" if option.note else "")
+        rows.append(f"| `{option.flag}` | `{option.env}` | `{option.default_text}` | {meaning} |")
+    return "\n".join(rows) + "\n"

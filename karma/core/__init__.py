@@ -1,0 +1,1 @@
+"""The model: synchronous, deterministic, no I/O, no clock reads."""

@@ -1,0 +1,75 @@
+"""The 14 stable error codes of protocol v2 and the exception that carries one.
+
+Everything the engine refuses is a :class:`KarmaError`; the connection layer turns it into an
+error envelope. Any other exception escaping a handler is a bug, answered as ``internal_error``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Final
+
+
+class ErrorCode(StrEnum):
+    INVALID_JSON = "invalid_json"
+    UNSUPPORTED_PROTOCOL = "unsupported_protocol"
+    UNKNOWN_COMMAND = "unknown_command"
+    VALIDATION_ERROR = "validation_error"
+    NOT_FOUND = "not_found"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    REQUEST_TOO_LARGE = "request_too_large"
+    RESPONSE_TOO_LARGE = "response_too_large"
+    QUERY_TIMEOUT = "query_timeout"
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    REPLICATION_GAP = "replication_gap"
+    REPLICATION_ERROR = "replication_error"
+    INTERNAL_ERROR = "internal_error"
+
+
+#: What each code means, for docs/reference/errors.md (checked by a test).
+ERROR_MEANINGS: Final[dict[ErrorCode, str]] = {
+    ErrorCode.INVALID_JSON: "The request line is not valid JSON (or not UTF-8).",
+    ErrorCode.UNSUPPORTED_PROTOCOL: (
+        "The request is not protocol v2 (field `v` is not the integer 2)."
+    ),
+    ErrorCode.UNKNOWN_COMMAND: "Field `op` names no command.",
+    ErrorCode.VALIDATION_ERROR: "A field is missing, has the wrong type, or an invalid value.",
+    ErrorCode.NOT_FOUND: "The series, snapshot file or ingest stream does not exist.",
+    ErrorCode.UNAUTHORIZED: "Authentication is on and the token is missing or wrong.",
+    ErrorCode.FORBIDDEN: "The token or the node role may not run this command.",
+    ErrorCode.REQUEST_TOO_LARGE: (
+        "The request line exceeds --max-request-bytes; the connection closes."
+    ),
+    ErrorCode.RESPONSE_TOO_LARGE: "The answer would exceed --max-response-bytes.",
+    ErrorCode.QUERY_TIMEOUT: "A large read ran longer than --query-timeout-ms.",
+    ErrorCode.IDEMPOTENCY_CONFLICT: "An idempotency key was reused with a different payload.",
+    ErrorCode.REPLICATION_GAP: "The requested WAL range was truncated away.",
+    ErrorCode.REPLICATION_ERROR: "Replication bootstrap or polling failed.",
+    ErrorCode.INTERNAL_ERROR: "A bug: the server logged it and kept serving.",
+}
+
+
+class KarmaError(Exception):
+    """A refusal with a protocol error code and the exact message karma 1.0 sends."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @classmethod
+    def validation(cls, message: str) -> KarmaError:
+        return cls(ErrorCode.VALIDATION_ERROR, message)
+
+    @classmethod
+    def required(cls, field: str) -> KarmaError:
+        return cls(ErrorCode.VALIDATION_ERROR, f"Field {field} is required")
+
+    @classmethod
+    def series_not_found(cls, name: str) -> KarmaError:
+        return cls(ErrorCode.NOT_FOUND, f'Tree "{name}" not found')
+
+    @classmethod
+    def internal(cls) -> KarmaError:
+        return cls(ErrorCode.INTERNAL_ERROR, "Internal server error")

@@ -1,0 +1,118 @@
+"""Per-op facts in one table: karma 1.0's internal name, access class, idempotency eligibility.
+
+The access class drives auth (a read token runs READ only), the slave rule (a slave runs READ
+only) and what the WAL logs (WRITE). The internal name appears in `forbidden` messages
+("Read-only token cannot execute command increment").
+"""
+
+from __future__ import annotations
+
+import typing
+from enum import Enum
+from typing import Final
+
+import attrs
+
+from karma.protocol import requests as r
+
+
+class Access(Enum):
+    READ = "read"  # never changes anything
+    WRITE = "write"  # changes the store: goes through the WAL
+    ADMIN = "admin"  # changes files or counters outside the store (snapshots, reports)
+
+
+@attrs.frozen
+class OpSpec:
+    request: type[r.Request]
+    internal_name: str
+    access: Access
+    idempotent: bool = False
+
+    @property
+    def tags(self) -> list[str]:
+        return [r.op_tag(cls) for cls in _with_aliases(self.request)]
+
+
+R, W, A = Access.READ, Access.WRITE, Access.ADMIN
+
+SPECS: Final[tuple[OpSpec, ...]] = (
+    OpSpec(r.Ping, "ping", R),
+    OpSpec(r.Health, "health", R),
+    OpSpec(r.Stats, "stats", R),
+    OpSpec(r.Metrics, "metrics", R),
+    OpSpec(r.SystemCompact, "compact", W),
+    OpSpec(r.TreeList, "trees", R),
+    OpSpec(r.TreeCreate, "create", W),
+    OpSpec(r.TreeDrop, "drop", W),
+    OpSpec(r.TreeReset, "reset", W, idempotent=True),
+    OpSpec(r.TreeInfo, "tree_info", R),
+    OpSpec(r.TreeKeys, "tree_keys", R),
+    OpSpec(r.TreeSummary, "tree_summary", R),
+    OpSpec(r.TreeTop, "tree_top", R),
+    OpSpec(r.TreeSeries, "find", R),
+    OpSpec(r.TreeDeleteRange, "delete", W, idempotent=True),
+    OpSpec(r.SeriesCompact, "compact", W),
+    OpSpec(r.DeleteBefore, "delete_before", W),
+    OpSpec(r.Increment, "increment", W, idempotent=True),
+    OpSpec(r.Decrement, "decrement", W, idempotent=True),
+    OpSpec(r.Sum, "sum", R),
+    OpSpec(r.CounterSeries, "find", R),
+    OpSpec(r.CounterDeleteRange, "delete", W, idempotent=True),
+    OpSpec(r.CounterReset, "reset", W, idempotent=True),
+    OpSpec(r.BatchSum, "batch_sum", R),
+    OpSpec(r.BatchReset, "batch_reset", W, idempotent=True),
+    OpSpec(r.BatchDeleteRange, "batch_delete_range", W, idempotent=True),
+    OpSpec(r.MultiSum, "multi_sum", R),
+    OpSpec(r.BatchAdd, "batch_add", W, idempotent=True),
+    OpSpec(r.BatchSet, "batch_set", W, idempotent=True),
+    OpSpec(r.SnapshotCreate, "dump", A),
+    OpSpec(r.SnapshotCreateAll, "dump_all", A),
+    OpSpec(r.SnapshotList, "dumps", R),
+    OpSpec(r.SnapshotInfo, "snapshot_info", R),
+    OpSpec(r.SnapshotVerify, "verify", R),
+    OpSpec(r.SnapshotLoad, "load", A),
+    OpSpec(r.SnapshotFetch, "snapshot_fetch", R),
+    OpSpec(r.SnapshotFetchChunk, "snapshot_fetch_chunk", R),
+    OpSpec(r.RecoveryCheckpoint, "recovery_checkpoint", A),
+    OpSpec(r.RecoveryStatus, "recovery_status", R),
+    OpSpec(r.ReconciliationReport, "reconciliation_report", A),
+    OpSpec(r.ReplicationEntries, "replication_entries", R),
+    OpSpec(r.ReplicationStatus, "replication_status", R),
+)
+
+#: Every request class of the wire union, aliases included.
+ALL_CLASSES: Final[tuple[type[r.Request], ...]] = typing.get_args(r.AnyRequest)
+
+
+def _with_aliases(base: type[r.Request]) -> list[type[r.Request]]:
+    """The class and its alias subclasses (those without a spec of their own)."""
+    own = {spec.request for spec in SPECS}
+    return [
+        cls for cls in ALL_CLASSES if cls is base or (cls not in own and _spec_base(cls) is base)
+    ]
+
+
+def _spec_base(cls: type[r.Request]) -> type[r.Request] | None:
+    own = {spec.request for spec in SPECS}
+    for parent in cls.__mro__:
+        if parent in own:
+            return parent
+    return None
+
+
+def _build() -> dict[type[r.Request], OpSpec]:
+    by_request = {spec.request: spec for spec in SPECS}
+    table: dict[type[r.Request], OpSpec] = {}
+    for cls in ALL_CLASSES:
+        base = _spec_base(cls)
+        if base is None:
+            raise RuntimeError(f"no OpSpec for {cls.__name__}")
+        table[cls] = by_request[base]
+    return table
+
+
+#: request class → spec, aliases included.
+SPEC_BY_CLASS: Final[dict[type[r.Request], OpSpec]] = _build()
+#: wire op tag → request class.
+CLASS_BY_TAG: Final[dict[str, type[r.Request]]] = {r.op_tag(cls): cls for cls in ALL_CLASSES}

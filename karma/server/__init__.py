@@ -1,0 +1,1 @@
+"""The trio shell, the only package that imports trio: it moves bytes, runs tasks, owns time."""

@@ -1,0 +1,136 @@
+"""`serve`: the nursery tree. Its shape is the shutdown order.
+
+    services nursery ── WAL writer, signal watcher            (outlive every connection)
+      connections nursery ── one task per client             (drained with a deadline)
+        accepting nursery ── the listeners                   (cancelled first on shutdown)
+
+Restore happens before the first listener opens, so no client sees a half-restored store.
+`task_status.started(listeners)` is the moment the port accepts: tests and systemd wait on it.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from functools import partial
+from pathlib import Path
+
+import trio
+
+from karma import days
+from karma.config import Config
+from karma.core.counters import NodeStatus
+from karma.core.engine import Engine
+from karma.observability.logs import Logger
+from karma.server.connections import serve_connection
+from karma.server.node import Node
+from karma.server.wal_writer import WalWriter
+from karma.storage import recovery
+from karma.storage.wal_files import ActiveWal, WalCorruptError
+
+
+class StartupError(Exception):
+    """The data directory or its files cannot be used; the CLI exits non-zero."""
+
+
+def _prepare(config: Config, log: Logger) -> tuple[Engine, NodeStatus, ActiveWal | None]:
+    directory = Path(config.directory).resolve()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"--directory {directory}: {exc.strerror}") from exc
+    engine = Engine()
+    status = NodeStatus(role=str(config.role), wal_enabled=config.wal, started_at=time.time())
+    if not config.wal:
+        return engine, status, None
+    try:
+        restored = recovery.restore(
+            directory,
+            engine,
+            today=days.today_from_unix(time.time()),
+            replay=config.restore,
+            log=log,
+        )
+    except (WalCorruptError, OSError) as exc:
+        raise StartupError(str(exc)) from exc
+    wal = ActiveWal(directory, fsync=config.wal_fsync, segment_bytes=config.wal_segment_bytes)
+    wal.open(restored.records)
+    status.wal_current_lsn = restored.last_lsn
+    status.wal_bytes = wal.total_bytes
+    if not config.restore and restored.records:
+        log.warning("wal.not_replayed", reason="--restore=false", records=len(restored.records))
+    return engine, status, wal
+
+
+async def serve(
+    config: Config,
+    *,
+    log: Logger | None = None,
+    shutdown: trio.Event | None = None,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    if log is None:
+        log = Logger(enabled=config.log, level=config.log_level)
+    if shutdown is None:  # not `shutdown or ...`: a trio.Event refuses bool()
+        shutdown = trio.Event()
+    engine, status, wal = await trio.to_thread.run_sync(_prepare, config, log)
+    writer = None
+    if wal is not None:
+        writer = WalWriter(
+            engine,
+            wal,
+            status,
+            log,
+            batch_size=config.wal_batch_size,
+            batch_wait_us=config.wal_batch_wait_us,
+        )
+    node = Node(config, engine, status, log, writer)
+    try:
+        async with trio.open_nursery() as services:
+            if writer is not None:
+                await services.start(writer.run)
+            services.start_soon(_watch_signals, shutdown, log)
+            async with trio.open_nursery() as connections:
+                listeners = await trio.open_tcp_listeners(config.port, host=config.bind)
+                async with trio.open_nursery() as accepting:
+                    accepting.start_soon(
+                        partial(
+                            trio.serve_listeners,
+                            partial(serve_connection, node),
+                            listeners,
+                            handler_nursery=connections,
+                        )
+                    )
+                    port = listeners[0].socket.getsockname()[1]
+                    log.info(
+                        "server.started",
+                        bind=config.bind,
+                        port=port,
+                        role=str(config.role),
+                        wal=config.wal,
+                        keys=engine.store.key_count,
+                        lsn=status.wal_current_lsn,
+                    )
+                    task_status.started(listeners)
+                    await shutdown.wait()
+                    log.info("server.stopping", open_connections=len(connections.child_tasks))
+                    accepting.cancel_scope.cancel()
+                connections.cancel_scope.deadline = trio.current_time() + (
+                    config.shutdown_timeout if config.shutdown_timeout else math.inf
+                )
+            services.cancel_scope.cancel()
+    finally:
+        if wal is not None:
+            wal.close()
+    log.info("server.stopped", lsn=status.wal_current_lsn)
+
+
+async def _watch_signals(shutdown: trio.Event, log: Logger) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
+        async for signum in signals:
+            if signum == signal.SIGUSR1:
+                log.warning("snapshot.unavailable", reason="snapshots arrive with issue 3")
+                continue
+            log.info("signal", signal=signal.Signals(signum).name)
+            shutdown.set()

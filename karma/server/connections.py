@@ -1,0 +1,80 @@
+"""One task per client connection: stream ⇄ LineBuffer ⇄ Node.
+
+All the lines of one read are handled in order and their answers leave in one write. Writes
+are queued on the WAL writer without waiting, so a pipelined burst of writes shares one WAL
+batch (and one fsync); a read that follows them waits for them first, so it sees them.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+
+import trio
+
+from karma.errors import ErrorCode, KarmaError
+from karma.protocol import envelope
+from karma.protocol.framing import LineBuffer
+from karma.server.node import Node, Waiting
+
+RECEIVE_BYTES = 65536
+
+
+async def serve_connection(node: Node, stream: trio.SocketStream) -> None:
+    config = node.config
+    if not config.nodelay:  # trio turns TCP_NODELAY on by default
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, False)
+    buffer = LineBuffer(config.max_request_bytes)
+    read_timeout = config.read_timeout or math.inf
+    write_timeout = config.write_timeout or math.inf
+    # One cancel scope for the connection's life, its deadline moved per phase: entering a
+    # fresh scope per read and per write cost more than the rest of a small request.
+    with trio.CancelScope() as deadline:
+        try:
+            while True:
+                deadline.deadline = trio.current_time() + read_timeout
+                data = await stream.receive_some(RECEIVE_BYTES)
+                if not data:
+                    return
+                deadline.deadline = math.inf  # a write waiting for its fsync is not idle
+                out = await answer_all(node, buffer.feed(data))
+                if buffer.too_large:
+                    error = KarmaError(
+                        ErrorCode.REQUEST_TOO_LARGE,
+                        f"Request exceeds {config.max_request_bytes} bytes",
+                    )
+                    out.append(envelope.encode_error(error))
+                    node.engine.counters.record(0.0, failed=True)
+                if out:
+                    deadline.deadline = trio.current_time() + write_timeout
+                    await stream.send_all(b"".join(out))
+                if buffer.too_large:
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(0.5):
+                await stream.aclose()
+
+
+async def answer_all(node: Node, lines: list[bytes]) -> list[bytes]:
+    """Answers to `lines`, in order; writes in between reads share WAL batches."""
+    answers: list[bytes | Waiting] = []
+    last_write: Waiting | None = None
+    for line in lines:
+        request = node.decode(line)
+        if isinstance(request, bytes):
+            answers.append(request)
+            continue
+        if last_write is not None and not node.is_write(request):
+            # read-your-writes: the writer finishes batches in queue order, so the last
+            # queued write being done means every earlier one is
+            await last_write.pending.done.wait()
+            last_write = None
+        answer = node.handle(request)
+        if isinstance(answer, Waiting):
+            last_write = answer
+        answers.append(answer)
+    if last_write is not None:
+        await last_write.pending.done.wait()
+    return [a.answer() if isinstance(a, Waiting) else a for a in answers]

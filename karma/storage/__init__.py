@@ -1,0 +1,1 @@
+"""File formats as pure codecs (`*_codec`), and blocking file helpers (`*_files`) run in threads."""

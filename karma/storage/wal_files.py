@@ -1,0 +1,216 @@
+"""The WAL on disk: `karma.wal`, rotated `karma.wal.<lsn20>.segment` files with `.idx` sidecars,
+and `karma.wal.lsn`. Blocking helpers; the server calls the slow ones from threads.
+
+Only the WAL writer task appends; readers (replication) scan files up to the durable end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from pathlib import Path
+from typing import Final
+
+import attrs
+
+from karma.storage import wal_codec
+
+ACTIVE: Final = "karma.wal"
+LSN_FILE: Final = "karma.wal.lsn"
+SEGMENT: Final = re.compile(r"karma\.wal\.(\d{20})\.segment")
+INDEX_HEADER: Final = "KARMA_WAL_INDEX_V1"
+
+
+class WalCorruptError(Exception):
+    """A damaged record followed by more records: refusing to guess."""
+
+
+def segment_name(first_lsn: int) -> str:
+    return f"karma.wal.{first_lsn:020d}.segment"
+
+
+def wal_paths(directory: Path) -> list[Path]:
+    """Segments by first LSN, then the active file: the order records were written in."""
+    segments = sorted(
+        (int(match.group(1)), path)
+        for path in directory.iterdir()
+        if (match := SEGMENT.fullmatch(path.name)) and path.is_file()
+    )
+    paths = [path for _, path in segments]
+    active = directory / ACTIVE
+    if active.is_file():
+        paths.append(active)
+    return paths
+
+
+def read_lsn_file(directory: Path) -> int:
+    path = directory / LSN_FILE
+    if not path.exists():
+        return 0
+    text = path.read_text().strip()
+    if not text.isdigit():
+        raise WalCorruptError(f"{path}: not an LSN: {text[:40]!r}")
+    return int(text)
+
+
+@attrs.frozen
+class Record:
+    path: Path
+    offset: int
+    lsn: int | None
+    entry: bytes
+
+
+@attrs.frozen
+class Scan:
+    records: list[Record]
+    torn: list[tuple[Path, int, int]]  # (file, good end, original size) of torn tails
+
+
+def scan(directory: Path) -> Scan:
+    """Every record of every WAL file in order.
+
+    A bad or partial *last line of the last file* is a torn tail from a crash mid-write: it is
+    reported, not raised. Anything else that does not parse is corruption: WalCorruptError names the
+    file and byte offset, and startup stops rather than restore part of the data.
+    """
+    paths = wal_paths(directory)
+    records: list[Record] = []
+    torn: list[tuple[Path, int, int]] = []
+    for index, path in enumerate(paths):
+        data = path.read_bytes()
+        lines, good_end, damage = wal_codec.parse(data)
+        records.extend(Record(path, line.offset, line.lsn, line.entry) for line in lines)
+        if good_end == len(data):
+            continue
+        single_line_left = b"\n" not in data[good_end:].rstrip(b"\n")
+        if index == len(paths) - 1 and single_line_left:
+            torn.append((path, good_end, len(data)))
+            continue
+        reason = damage.reason if damage is not None else "incomplete record"
+        raise WalCorruptError(f"{path}: damaged record at byte {good_end}: {reason}")
+    return Scan(records, torn)
+
+
+def cut_torn_tail(path: Path, good_end: int) -> Path:
+    """Truncate a torn tail, first saving the removed bytes beside the WAL.
+
+    Nothing is destroyed silently (ZODB's habit with its `.trN` files).
+    """
+    data = path.read_bytes()
+    saved = path.with_name(f"{path.name}.torn-{good_end}")
+    saved.write_bytes(data[good_end:])
+    with open(path, "r+b") as handle:
+        handle.truncate(good_end)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return saved
+
+
+@attrs.define(eq=False)
+class ActiveWal:
+    """The open `karma.wal` plus what rotation and stats need, kept in memory."""
+
+    directory: Path
+    fsync: bool
+    segment_bytes: int
+    _handle: int = -1
+    size: int = 0
+    other_bytes: int = 0  # bytes in segments
+    offsets: list[tuple[int, int]] = attrs.field(factory=list)  # (lsn, offset) in karma.wal
+
+    def open(self, records: list[Record]) -> None:
+        path = self.directory / ACTIVE
+        self._handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.size = os.fstat(self._handle).st_size
+        self.offsets = [(r.lsn, r.offset) for r in records if r.path == path and r.lsn is not None]
+        self.other_bytes = sum(p.stat().st_size for p in wal_paths(self.directory) if p != path)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.size + self.other_bytes
+
+    def append(self, data: bytes, line_starts: list[tuple[int, int]]) -> None:
+        """Write a batch in one call; fsync when configured. On failure the file is cut back."""
+        if self.segment_bytes and self.size >= self.segment_bytes and self.offsets:
+            self._rotate()
+        before = self.size
+        try:
+            written = os.write(self._handle, data)
+            while written < len(data):
+                written += os.write(self._handle, data[written:])
+            if self.fsync:
+                os.fsync(self._handle)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._handle, before)
+            raise
+        self.offsets.extend((lsn, before + start) for lsn, start in line_starts)
+        self.size = before + len(data)
+
+    def _rotate(self) -> None:
+        first_lsn = self.offsets[0][0]
+        target = self.directory / segment_name(first_lsn)
+        if target.exists():
+            raise OSError(f"WAL segment already exists: {target}")
+        os.close(self._handle)
+        os.rename(self.directory / ACTIVE, target)
+        _write_index(target, self.size, self.offsets)
+        fsync_directory(self.directory)
+        self.other_bytes += self.size
+        self._handle = os.open(
+            self.directory / ACTIVE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
+        )
+        self.size = 0
+        self.offsets = []
+
+    def close(self) -> None:
+        if self._handle >= 0:
+            os.close(self._handle)
+            self._handle = -1
+
+
+def _write_index(segment: Path, size: int, offsets: list[tuple[int, int]]) -> None:
+    index = segment.with_name(segment.name + ".idx")
+    temp = index.with_name(f"{index.name}.{os.getpid()}.tmp")
+    rows = [f"{INDEX_HEADER} size={size}"] + [f"{lsn} {offset}" for lsn, offset in offsets]
+    temp.write_text("\n".join(rows) + "\n")
+    os.replace(temp, index)
+
+
+def fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_after(
+    directory: Path, after_lsn: int, limit: int, byte_limit: int, durable_lsn: int
+) -> tuple[list[tuple[int, bytes]], bool, int | None]:
+    """Entries with after_lsn < lsn <= durable_lsn, at most `limit` and about `byte_limit` bytes.
+
+    Returns (entries, truncated_by_bytes, first lsn available or None).
+    """
+    out: list[tuple[int, bytes]] = []
+    used = 0
+    first: int | None = None
+    for path in wal_paths(directory):
+        lines, _, _ = wal_codec.parse(path.read_bytes())
+        for line in lines:
+            if line.lsn is None:
+                continue
+            if first is None:
+                first = line.lsn
+            if line.lsn <= after_lsn or line.lsn > durable_lsn:
+                continue
+            size = len(line.entry) + len(b'{"lsn":,"entry":}') + len(str(line.lsn))
+            if out and used + size > byte_limit:
+                return out, True, first
+            out.append((line.lsn, line.entry))
+            used += size
+            if len(out) >= limit:
+                return out, False, first
+    return out, False, first
