@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8080
 DATA ?= .karma-data
 
-.PHONY: install run test lint typecheck unit conformance bench clean
+.PHONY: install run test lint typecheck unit conformance bench clean docs
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,3 +42,7 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info
+
+## Regenerate the reference pages from the tables in the code.
+docs: install
+	$(BIN)/python scripts/gen_reference.py
