@@ -12,10 +12,13 @@ from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
 import attrs
+import msgspec
 
 from karma.core import mutations as m
 from karma.core.budget import AnyBudget
 from karma.core.counters import Counters
+from karma.core.idempotency import IdempotencyTable, Record
+from karma.core.ingest import Ingest
 from karma.core.store import Store
 from karma.protocol import requests as r
 from karma.protocol.optable import ALL_CLASSES
@@ -23,19 +26,75 @@ from karma.protocol.optable import ALL_CLASSES
 T = TypeVar("T")
 
 
+@attrs.frozen
+class Immediate:
+    """A write that needs no logging: its answer is known (a repeated begin, a duplicate chunk)."""
+
+    response: object
+
+
 @attrs.define(eq=False)
 class Engine:
     store: Store = attrs.field(factory=Store)
     counters: Counters = attrs.field(factory=Counters)
+    idempotency: IdempotencyTable = attrs.field(factory=IdempotencyTable)
+    ingest: Ingest = attrs.field(factory=Ingest)
 
     # --- writes ------------------------------------------------------------------------------
-    def mutation_for(self, request: r.Request, today: int) -> m.Mutation:
+    def mutation_for(self, request: r.Request, today: int, now: int) -> m.Mutation | Immediate:
         """The canonical mutation of a write request, checked against the current state."""
-        mutation = _lookup(_NORMALIZE, type(request))(request, today)
-        self.store.check(mutation)
-        return mutation
+        return self.check(self.normalize(request, today, now))
+
+    @staticmethod
+    def normalize(request: r.Request, today: int, now: int) -> m.Mutation:
+        return _lookup(_NORMALIZE, type(request))(request, today, now)
+
+    def check(self, mutation: m.Mutation) -> m.Mutation | Immediate:
+        """Raise what applying would raise, or answer a write that changes nothing."""
+        answer: object = None
+        if isinstance(mutation, m.IngestBegin):
+            answer = self.ingest.check_begin(mutation)
+        elif isinstance(mutation, m.IngestChunk):
+            answer = self.ingest.check_chunk(mutation, mutation.canon().digest())
+            if answer is not None:
+                self.ingest.chunks_skipped += 1
+            elif self.ingest.active[mutation.stream_id].mode == "add":
+                self.store.check(_as_batch_add(mutation))
+        elif isinstance(mutation, m.IngestCommit):
+            answer = self.ingest.check_commit(mutation)
+        elif isinstance(mutation, m.IngestAbort):
+            self.ingest.check_abort(mutation)
+        elif not isinstance(mutation, m.IdempotencyPrune):
+            self.store.check(mutation)
+        return mutation if answer is None else Immediate(answer)
 
     def apply(self, mutation: m.Mutation) -> object:
+        response = self._apply(mutation)
+        key = mutation.idem_key() if isinstance(mutation, m.Idempotent) else None
+        if isinstance(mutation, m.Idempotent) and key is not None:
+            canon = mutation.canon()
+            self.idempotency.remember(
+                Record(
+                    key,
+                    canon.command,
+                    canon.digest(),
+                    response,
+                    mutation.idem_created(),
+                )
+            )
+        return response
+
+    def _apply(self, mutation: m.Mutation) -> object:
+        if isinstance(mutation, m.IngestBegin):
+            return self.ingest.apply_begin(mutation)
+        if isinstance(mutation, m.IngestChunk):
+            return self.ingest.apply_chunk(self.store, mutation)
+        if isinstance(mutation, m.IngestCommit):
+            return self.ingest.apply_commit(self.store, mutation)
+        if isinstance(mutation, m.IngestAbort):
+            return self.ingest.apply_abort(mutation)
+        if isinstance(mutation, m.IdempotencyPrune):
+            return {"deleted": self.idempotency.prune(mutation.before, mutation.limit)}
         response = self.store.apply(mutation)
         if isinstance(mutation, m.BatchAdd | m.BatchSet):
             self._batch_write(len(mutation.items))
@@ -47,9 +106,46 @@ class Engine:
             self.counters.compact_count += 1
         return response
 
+    def replay(self, mutation: m.Mutation, *, store_effect: bool, state_effect: bool) -> None:
+        """Apply a WAL record during restore, partly when a snapshot already holds part of it.
+
+        `store_effect`: the series snapshot is older than the record; `state_effect`: the
+        idempotency/ingest snapshot is. A record older than both is skipped by the caller.
+        """
+        if store_effect and state_effect:
+            self.apply(mutation)
+        elif isinstance(mutation, m.IngestChunk | m.IngestCommit):
+            if state_effect:
+                self.ingest.replay_state_only(mutation)
+        elif isinstance(mutation, m.IngestBegin | m.IngestAbort | m.IdempotencyPrune):
+            if state_effect:
+                self._apply(mutation)
+        elif store_effect:
+            self._apply(mutation)
+        elif isinstance(mutation, m.Idempotent) and (key := mutation.idem_key()) is not None:
+            response = _known_response(mutation)
+            if response is not None:  # resets and range deletes repeat harmlessly without one
+                canon = mutation.canon()
+                self.idempotency.remember(
+                    Record(
+                        key,
+                        canon.command,
+                        canon.digest(),
+                        response,
+                        mutation.idem_created(),
+                    )
+                )
+
     def _batch_write(self, size: int) -> None:
         self.counters.batch_write_count += 1
         self.counters.batch_write_item_count += size
+
+    def idempotency_document(self) -> tuple[bytes, int, int]:
+        """`karma.idempotency.json`: records and committed streams, with their counts."""
+        records = self.idempotency.documents()
+        streams = self.ingest.committed_documents()
+        body = _json({"records": records, "committed_streams": streams}) + b"\n"
+        return body, len(records), len(streams)
 
     # --- reads -------------------------------------------------------------------------------
     def read(self, request: r.Request, budget: AnyBudget) -> object:
@@ -190,49 +286,94 @@ def _lookup(table: dict[type, T], cls: type) -> T:
     raise LookupError(f"no entry for {cls.__name__}")
 
 
-_NORMALIZE: Final[dict[type, Callable[[Any, int], m.Mutation]]] = {
-    r.TreeCreate: lambda q, today: m.CreateSeries(series=q.name),
-    r.TreeDrop: lambda q, today: m.DropSeries(series=q.name),
-    r.Decrement: lambda q, today: m.Decrement(
+_NORMALIZE: Final[dict[type, Callable[[Any, int, int], m.Mutation]]] = {
+    r.TreeCreate: lambda q, today, now: m.CreateSeries(series=q.name),
+    r.TreeDrop: lambda q, today, now: m.DropSeries(series=q.name),
+    r.Decrement: lambda q, today, now: m.Decrement(
         series=q.name,
         key=q.key,
         bucket=q.bucket_or(today),
         value=q.amount,
-        idempotency_key=q.idempotency_key,
+        **_keyed(q, now),
     ),
-    r.Increment: lambda q, today: m.Increment(
+    r.Increment: lambda q, today, now: m.Increment(
         series=q.name,
         key=q.key,
         bucket=q.bucket_or(today),
         value=q.amount,
-        idempotency_key=q.idempotency_key,
+        **_keyed(q, now),
     ),
-    r.BatchAdd: lambda q, today: m.BatchAdd(
-        series=q.name, granularity="day", items=q.items, idempotency_key=q.idempotency_key
+    r.BatchAdd: lambda q, today, now: m.BatchAdd(
+        series=q.name, granularity="day", items=q.items, **_keyed(q, now)
     ),
-    r.BatchSet: lambda q, today: m.BatchSet(
-        series=q.name, granularity="day", items=q.items, idempotency_key=q.idempotency_key
+    r.BatchSet: lambda q, today, now: m.BatchSet(
+        series=q.name, granularity="day", items=q.items, **_keyed(q, now)
     ),
-    r.BatchReset: lambda q, today: m.BatchReset(
-        series=q.name, keys=q.keys, idempotency_key=q.idempotency_key
+    r.BatchReset: lambda q, today, now: m.BatchReset(series=q.name, keys=q.keys, **_keyed(q, now)),
+    r.BatchDeleteRange: lambda q, today, now: m.BatchDeleteRange(
+        series=q.name, keys=q.keys, range=q.range, **_keyed(q, now)
     ),
-    r.BatchDeleteRange: lambda q, today: m.BatchDeleteRange(
-        series=q.name, keys=q.keys, range=q.range, idempotency_key=q.idempotency_key
+    r.CounterDeleteRange: lambda q, today, now: m.DeleteRange(
+        series=q.name, key=q.key, range=q.range, **_keyed(q, now)
     ),
-    r.CounterDeleteRange: lambda q, today: m.DeleteRange(
-        series=q.name, key=q.key, range=q.range, idempotency_key=q.idempotency_key
+    r.TreeDeleteRange: lambda q, today, now: m.SeriesDeleteRange(
+        series=q.name, range=q.range, **_keyed(q, now)
     ),
-    r.TreeDeleteRange: lambda q, today: m.SeriesDeleteRange(
-        series=q.name, range=q.range, idempotency_key=q.idempotency_key
+    r.CounterReset: lambda q, today, now: m.Reset(series=q.name, key=q.key, **_keyed(q, now)),
+    r.TreeReset: lambda q, today, now: m.SeriesReset(series=q.name, **_keyed(q, now)),
+    r.DeleteBefore: lambda q, today, now: m.DeleteBefore(series=q.name, before=q.day),
+    r.SeriesCompact: lambda q, today, now: m.CompactSeries(series=q.name),
+    r.SystemCompact: lambda q, today, now: m.CompactAll(),
+    r.IngestBegin: lambda q, today, now: m.IngestBegin(
+        stream_id=q.stream_id, mode=q.mode, granularity=q.granularity
     ),
-    r.CounterReset: lambda q, today: m.Reset(
-        series=q.name, key=q.key, idempotency_key=q.idempotency_key
+    r.IngestChunk: lambda q, today, now: m.IngestChunk(
+        stream_id=q.stream_id, series=q.name, chunk_seq=q.chunk_seq, items=q.items
     ),
-    r.TreeReset: lambda q, today: m.SeriesReset(series=q.name, idempotency_key=q.idempotency_key),
-    r.DeleteBefore: lambda q, today: m.DeleteBefore(series=q.name, before=q.day),
-    r.SeriesCompact: lambda q, today: m.CompactSeries(series=q.name),
-    r.SystemCompact: lambda q, today: m.CompactAll(),
+    r.IngestCommit: lambda q, today, now: m.IngestCommit(
+        stream_id=q.stream_id, committed_at_unix=now
+    ),
+    r.IngestAbort: lambda q, today, now: m.IngestAbort(stream_id=q.stream_id),
+    r.IdempotencyPrune: lambda q, today, now: m.IdempotencyPrune(
+        before=q.before_unix, limit=r.opt(q.limit)
+    ),
 }
+
+
+def _keyed(request: r.Request, now: int) -> dict[str, Any]:
+    """Idempotency fields of an eligible write, as its WAL entry carries them."""
+    key = request.key_text
+    if key is None:
+        return {}
+    created = r.opt(request.idempotency_created_at_unix)
+    fingerprint = r.opt(request.fingerprint)
+    return {
+        "idempotency_key": key,
+        "fingerprint": None if fingerprint is None else str(fingerprint),
+        "idempotency_created_at_unix": now if created is None else created,
+    }
+
+
+def _known_response(mutation: m.Mutation) -> object:
+    """The answer a write gave, when it follows from the write alone."""
+    if isinstance(mutation, m.Increment | m.Decrement):
+        return mutation.value
+    if isinstance(mutation, m.BatchAdd):
+        return {"applied": len(mutation.items), "total": sum(i[2] for i in mutation.items)}
+    if isinstance(mutation, m.BatchSet):
+        return {"applied": len(mutation.items)}
+    if isinstance(mutation, m.Reset | m.SeriesReset):
+        return "OK"
+    if isinstance(mutation, m.DeleteRange | m.SeriesDeleteRange):
+        return True
+    return None
+
+
+def _as_batch_add(chunk: m.IngestChunk) -> m.BatchAdd:
+    return m.BatchAdd(series=chunk.series, granularity="day", items=chunk.items)
+
+
+_json: Final = msgspec.json.Encoder().encode
 
 _READS: Final[dict[type, Callable[[Engine, Any, AnyBudget], object]]] = {
     r.Sum: Engine.sum,

@@ -11,6 +11,7 @@ from typing import ClassVar
 
 import msgspec
 
+from karma.core.fingerprint import Canon
 from karma.protocol.fields import DayRange, Item
 
 
@@ -18,6 +19,25 @@ class Mutation(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True, gc
     """The payload of a WAL entry; `v` and `op` are written in front of it by `encode`."""
 
     OP: ClassVar[str] = ""
+
+
+class Idempotent(Mutation, kw_only=True, omit_defaults=True, frozen=True):
+    """A mutation that may carry an idempotency key (karma 1.0's eligible commands).
+
+    The key fields are declared by each subclass, after its own fields: karma 1.0 writes them
+    last in the WAL entry, and msgspec writes base-class fields first.
+    """
+
+    def idem_key(self) -> str | None:
+        value = getattr(self, "idempotency_key", None)
+        return value if isinstance(value, str) else None
+
+    def idem_created(self) -> int:
+        value = getattr(self, "idempotency_created_at_unix", None)
+        return value if isinstance(value, int) else 0
+
+    def canon(self) -> Canon:
+        raise NotImplementedError
 
 
 class SeriesMutation(Mutation, kw_only=True, omit_defaults=True, frozen=True):
@@ -32,71 +52,151 @@ class DropSeries(SeriesMutation, kw_only=True, omit_defaults=True, frozen=True):
     OP: ClassVar[str] = "tree.drop"
 
 
-class Increment(SeriesMutation, kw_only=True, omit_defaults=True, frozen=True):
+class Increment(SeriesMutation, Idempotent, kw_only=True, omit_defaults=True, frozen=True):
     OP: ClassVar[str] = "counter.increment"
     key: int
     bucket: int
     value: int
     idempotency_key: str | None = None
+    fingerprint: str | None = None
+    idempotency_created_at_unix: int | None = None
+
+    def canon(self) -> Canon:
+        return (
+            Canon("increment")
+            .text("series", self.series)
+            .unsigned("key", self.key)
+            .unsigned("bucket", self.bucket)
+            .unsigned("value", self.value)
+        )
 
 
-class Decrement(SeriesMutation, kw_only=True, omit_defaults=True, frozen=True):
+class Decrement(SeriesMutation, Idempotent, kw_only=True, omit_defaults=True, frozen=True):
     OP: ClassVar[str] = "counter.decrement"
     key: int
     bucket: int
     value: int
     idempotency_key: str | None = None
+    fingerprint: str | None = None
+    idempotency_created_at_unix: int | None = None
+
+    def canon(self) -> Canon:
+        return (
+            Canon("decrement")
+            .text("series", self.series)
+            .unsigned("key", self.key)
+            .unsigned("bucket", self.bucket)
+            .unsigned("value", self.value)
+        )
 
 
-class BatchAdd(SeriesMutation, kw_only=True, omit_defaults=True, frozen=True):
+class BatchAdd(SeriesMutation, Idempotent, kw_only=True, omit_defaults=True, frozen=True):
     OP: ClassVar[str] = "series.batch_add"
     granularity: str
     items: list[Item]
     idempotency_key: str | None = None
+    fingerprint: str | None = None
+    idempotency_created_at_unix: int | None = None
+
+    def canon(self) -> Canon:
+        return Canon("batch_add").text("series", self.series).items(self.items)
 
 
-class BatchSet(SeriesMutation, kw_only=True, omit_defaults=True, frozen=True):
+class BatchSet(SeriesMutation, Idempotent, kw_only=True, omit_defaults=True, frozen=True):
     OP: ClassVar[str] = "series.batch_set"
     granularity: str
     items: list[Item]
     idempotency_key: str | None = None
+    fingerprint: str | None = None
+    idempotency_created_at_unix: int | None = None
+
+    def canon(self) -> Canon:
+        return Canon("batch_set").text("series", self.series).items(self.items)
 
 
-class BatchReset(SeriesMutation, kw_only=True, omit_defaults=True, frozen=True):
+class BatchReset(SeriesMutation, Idempotent, kw_only=True, omit_defaults=True, frozen=True):
     OP: ClassVar[str] = "counter.batch_reset"
     keys: list[int]
     idempotency_key: str | None = None
+    fingerprint: str | None = None
+    idempotency_created_at_unix: int | None = None
+
+    def canon(self) -> Canon:
+        return Canon("batch_reset").text("series", self.series).keys(self.keys)
 
 
-class BatchDeleteRange(SeriesMutation, kw_only=True, omit_defaults=True, frozen=True):
+class BatchDeleteRange(SeriesMutation, Idempotent, kw_only=True, omit_defaults=True, frozen=True):
     OP: ClassVar[str] = "counter.batch_delete_range"
     keys: list[int]
     range: DayRange
     idempotency_key: str | None = None
+    fingerprint: str | None = None
+    idempotency_created_at_unix: int | None = None
+
+    def canon(self) -> Canon:
+        return (
+            Canon("batch_delete_range")
+            .text("series", self.series)
+            .keys(self.keys)
+            .unsigned("range_from", self.range.first)
+            .unsigned("range_to", self.range.last)
+        )
 
 
-class DeleteRange(SeriesMutation, kw_only=True, omit_defaults=True, frozen=True):
+class DeleteRange(SeriesMutation, Idempotent, kw_only=True, omit_defaults=True, frozen=True):
     OP: ClassVar[str] = "counter.delete_range"
     key: int
     range: DayRange
     idempotency_key: str | None = None
+    fingerprint: str | None = None
+    idempotency_created_at_unix: int | None = None
+
+    def canon(self) -> Canon:
+        return (
+            Canon("delete")
+            .text("series", self.series)
+            .unsigned("key", self.key)
+            .unsigned("range_from", self.range.first)
+            .unsigned("range_to", self.range.last)
+        )
 
 
-class SeriesDeleteRange(SeriesMutation, kw_only=True, omit_defaults=True, frozen=True):
+class SeriesDeleteRange(SeriesMutation, Idempotent, kw_only=True, omit_defaults=True, frozen=True):
     OP: ClassVar[str] = "tree.delete_range"
     range: DayRange
     idempotency_key: str | None = None
+    fingerprint: str | None = None
+    idempotency_created_at_unix: int | None = None
+
+    def canon(self) -> Canon:
+        return (
+            Canon("delete")
+            .text("series", self.series)
+            .unsigned("key", None)
+            .unsigned("range_from", self.range.first)
+            .unsigned("range_to", self.range.last)
+        )
 
 
-class Reset(SeriesMutation, kw_only=True, omit_defaults=True, frozen=True):
+class Reset(SeriesMutation, Idempotent, kw_only=True, omit_defaults=True, frozen=True):
     OP: ClassVar[str] = "counter.reset"
     key: int
     idempotency_key: str | None = None
+    fingerprint: str | None = None
+    idempotency_created_at_unix: int | None = None
+
+    def canon(self) -> Canon:
+        return Canon("reset").text("series", self.series).unsigned("key", self.key)
 
 
-class SeriesReset(SeriesMutation, kw_only=True, omit_defaults=True, frozen=True):
+class SeriesReset(SeriesMutation, Idempotent, kw_only=True, omit_defaults=True, frozen=True):
     OP: ClassVar[str] = "tree.reset"
     idempotency_key: str | None = None
+    fingerprint: str | None = None
+    idempotency_created_at_unix: int | None = None
+
+    def canon(self) -> Canon:
+        return Canon("reset").text("series", self.series).unsigned("key", None)
 
 
 class DeleteBefore(SeriesMutation, kw_only=True, omit_defaults=True, frozen=True):
@@ -110,6 +210,56 @@ class CompactSeries(SeriesMutation, kw_only=True, omit_defaults=True, frozen=Tru
 
 class CompactAll(Mutation, kw_only=True, omit_defaults=True, frozen=True):
     OP: ClassVar[str] = "system.compact"
+
+
+class IngestBegin(Mutation, kw_only=True, omit_defaults=True, frozen=True):
+    OP: ClassVar[str] = "ingest.begin"
+    stream_id: str
+    mode: str
+    granularity: str | None = None
+
+    def canon(self) -> Canon:
+        return (
+            Canon("ingest_begin")
+            .text("stream_id", self.stream_id)
+            .text("mode", self.mode)
+            .text("granularity", self.granularity)
+        )
+
+
+class IngestChunk(Mutation, kw_only=True, omit_defaults=True, frozen=True):
+    OP: ClassVar[str] = "ingest.chunk"
+    stream_id: str
+    series: str
+    chunk_seq: int
+    items: list[Item]
+
+    def canon(self) -> Canon:
+        return (
+            Canon("ingest_chunk")
+            .text("stream_id", self.stream_id)
+            .text("series", self.series)
+            .unsigned("chunk_seq", self.chunk_seq)
+            .items(self.items)
+        )
+
+
+class IngestCommit(Mutation, kw_only=True, omit_defaults=True, frozen=True):
+    OP: ClassVar[str] = "ingest.commit"
+    stream_id: str
+    # not written by karma 1.0 (which stamps the replay time); it ignores unknown fields
+    committed_at_unix: int | None = None
+
+
+class IngestAbort(Mutation, kw_only=True, omit_defaults=True, frozen=True):
+    OP: ClassVar[str] = "ingest.abort"
+    stream_id: str
+
+
+class IdempotencyPrune(Mutation, kw_only=True, omit_defaults=True, frozen=True):
+    OP: ClassVar[str] = "idempotency.prune"
+    before: int
+    limit: int | None = None
 
 
 AnyMutation = (

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from karma.core.counters import Counters, NodeStatus
-from karma.core.store import Store
+from karma.core.counters import NodeStatus
+from karma.core.engine import Engine
 
 #: Replication fields a master reports as zero/null until issue 7 gives them life.
 REPLICATION_FIELDS: Final[tuple[tuple[str, object], ...]] = (
@@ -39,9 +39,9 @@ def health(status: NodeStatus, now: float) -> dict[str, object]:
     }
 
 
-def stats(
-    store: Store, c: Counters, status: NodeStatus, now: float, memory_bytes: int
-) -> dict[str, object]:
+def stats(engine: Engine, status: NodeStatus, now: float, memory_bytes: int) -> dict[str, object]:
+    store, c = engine.store, engine.counters
+    idem, ingest = engine.idempotency, engine.ingest
     answer: dict[str, object] = {
         "uptime_seconds": int(now - status.started_at),
         "trees": len(store.series),
@@ -78,21 +78,21 @@ def stats(
             "recovery_last_checkpoint_unix": 0,
             "latency_ms_avg": round(c.latency_ms_avg, 4),
             "latency_ms_last": round(c.latency_ms_last, 4),
-            "ingest_active_streams": 0,
-            "ingest_chunks_applied": 0,
-            "ingest_chunks_skipped": 0,
-            "ingest_chunks_rejected": 0,
-            "ingest_items_applied": 0,
+            "ingest_active_streams": len(ingest.active),
+            "ingest_chunks_applied": ingest.chunks_applied,
+            "ingest_chunks_skipped": ingest.chunks_skipped,
+            "ingest_chunks_rejected": ingest.chunks_rejected,
+            "ingest_items_applied": ingest.items_applied,
             "ingest_latency_ms_last": 0.0,
             "ingest_latency_ms_avg": 0.0,
-            "idempotency_record_count": 0,
-            "idempotency_hits": 0,
-            "idempotency_conflicts": 0,
-            "idempotency_pruned": 0,
-            "idempotency_write_count": 0,
+            "idempotency_record_count": len(idem.records),
+            "idempotency_hits": idem.hits,
+            "idempotency_conflicts": idem.conflicts,
+            "idempotency_pruned": idem.pruned,
+            "idempotency_write_count": idem.writes,
             "idempotency_write_latency_ms_last": 0.0,
             "idempotency_write_latency_ms_avg": 0.0,
-            "idempotency_committed_stream_count": 0,
+            "idempotency_committed_stream_count": len(ingest.committed),
         }
     )
     return answer

@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Any, Final
 
 import msgspec
+from msgspec import UnsetType
 from msgspec import inspect as mi
 
 from karma.errors import ErrorCode, KarmaError
-from karma.protocol import optable
+from karma.protocol import fields, optable
 from karma.protocol import requests as r
 from karma.protocol.gate import Gate
 
@@ -34,8 +35,17 @@ def decode(line: bytes, gate: Gate) -> r.Request:
     spec = optable.SPEC_BY_CLASS[type(request)]
     if not gate.open:
         gate.admit(spec, request.token)
-    request.check()
+    _check(request, spec)
     return request
+
+
+def _check(request: r.Request, spec: optable.OpSpec) -> None:
+    request.check()
+    if spec.idempotent:
+        fingerprint = request.fingerprint
+        fields.check_idempotency_fields(
+            request.key_text, None if isinstance(fingerprint, UnsetType) else str(fingerprint)
+        )
 
 
 def _decode_slow(line: bytes, gate: Gate) -> r.Request:
@@ -65,7 +75,7 @@ def _decode_slow(line: bytes, gate: Gate) -> r.Request:
     except msgspec.ValidationError as exc:
         # the field walk found nothing, yet msgspec refused: still a client error, worded by msgspec
         raise KarmaError.validation(f"Invalid request: {exc}") from None
-    request.check()
+    _check(request, optable.SPEC_BY_CLASS[cls])
     return request
 
 
@@ -90,6 +100,9 @@ def _check_value(path: str, value: object, kind: mi.Type) -> None:
         options = [t for t in kind.types if not isinstance(t, mi.NoneType)]
         if isinstance(value, str) and any(isinstance(t, mi.StrType) for t in options):
             return
+        names = {type(t) for t in options}
+        if names == {mi.IntType, mi.StrType} and type(value) is not int:
+            raise KarmaError.validation(f"Field {path} must be a string or integer")
         kind = next((t for t in options if not isinstance(t, mi.StrType)), options[0])
     if isinstance(kind, mi.IntType):
         if type(value) is not int:

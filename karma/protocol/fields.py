@@ -6,6 +6,7 @@ that karma 1.0 runs afterwards, with its exact messages. Everything raises Karma
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Annotated, Final
 
@@ -107,6 +108,33 @@ def bucket_from_text(field: str, text: str) -> int:
     if not digits or not digits.isascii() or not digits.isdigit():
         raise KarmaError.validation(f"Field {field} must be a bucket date")
     return int(digits)
+
+
+def unix_from_text(field: str, text: str) -> int:
+    """An RFC 3339 / ISO 8601 timestamp as Unix seconds (karma 1.0's `idempotency.prune`)."""
+    try:
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise KarmaError.validation(f"Field {field} must be an ISO8601 timestamp") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return max(0, int(moment.timestamp()))
+
+
+MAX_IDEMPOTENCY_KEY_BYTES = 256
+MAX_FINGERPRINT_BYTES = 512
+
+
+def check_idempotency_fields(key: str | None, fingerprint: str | None) -> None:
+    """karma 1.0's rules for the idempotency fields of an eligible write."""
+    if key is not None:
+        check_non_empty("idempotency_key", key)
+        if len(key.encode()) > MAX_IDEMPOTENCY_KEY_BYTES:
+            raise KarmaError.validation("Field idempotency_key exceeds max size")
+    if fingerprint is not None:
+        check_non_empty("fingerprint", fingerprint)
+        if len(fingerprint.encode()) > MAX_FINGERPRINT_BYTES:
+            raise KarmaError.validation("Field fingerprint exceeds max size")
 
 
 def check_non_empty(field: str, value: str) -> None:

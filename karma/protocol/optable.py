@@ -79,6 +79,12 @@ SPECS: Final[tuple[OpSpec, ...]] = (
     OpSpec(r.ReconciliationReport, "reconciliation_report", A),
     OpSpec(r.ReplicationEntries, "replication_entries", R),
     OpSpec(r.ReplicationStatus, "replication_status", R),
+    OpSpec(r.IngestBegin, "ingest_begin", W),
+    OpSpec(r.IngestChunk, "ingest_chunk", W),
+    OpSpec(r.IngestCommit, "ingest_commit", W),
+    OpSpec(r.IngestAbort, "ingest_abort", W),
+    OpSpec(r.IdempotencyPrune, "idempotency_prune", W),
+    OpSpec(r.IdempotencySnapshotFetchChunk, "idempotency_snapshot_fetch_chunk", R),
 )
 
 #: Every request class of the wire union, aliases included.

@@ -32,6 +32,16 @@ def op_tag(cls: type[msgspec.Struct]) -> str:
 class Request(msgspec.Struct, tag_field="op", frozen=True, kw_only=True, gc=False):
     v: Literal[2]
     token: str | None = None
+    # accepted on every op (karma 1.0 type-checks them everywhere, uses them on eligible writes)
+    idempotency_key: str | int | UnsetType = UNSET
+    fingerprint: str | int | UnsetType = UNSET
+    idempotency_created_at_unix: U64 | UnsetType = UNSET
+
+    @property
+    def key_text(self) -> str | None:
+        """The idempotency key as text (karma 1.0 turns integer keys into strings)."""
+        key = self.idempotency_key
+        return None if isinstance(key, UnsetType) else str(key)
 
     def check(self) -> None:
         """Validate-phase rules; the default is none."""
@@ -89,7 +99,7 @@ class TreeDrop(SeriesRequest, tag="tree.drop", frozen=True, kw_only=True):
 
 
 class TreeReset(SeriesRequest, tag="tree.reset", frozen=True, kw_only=True):
-    idempotency_key: str | None = None
+    pass
 
 
 class TreeInfo(SeriesRequest, tag="tree.info", frozen=True, kw_only=True):
@@ -147,7 +157,7 @@ class TreeSeries(RangedSeriesRequest, tag="tree.series", frozen=True, kw_only=Tr
 
 
 class TreeDeleteRange(RangedSeriesRequest, tag="tree.delete_range", frozen=True, kw_only=True):
-    idempotency_key: str | None = None
+    pass
 
 
 class SeriesCompact(SeriesRequest, tag="series.compact", frozen=True, kw_only=True):
@@ -193,7 +203,6 @@ class Increment(KeyRequest, tag="counter.increment", frozen=True, kw_only=True):
     date: U64 | UnsetType = UNSET
     bucket: U64 | str | UnsetType = UNSET
     value: U64 | UnsetType = UNSET
-    idempotency_key: str | None = None
 
     def bucket_or(self, today: int) -> int:
         """The day this write lands on: `date`, else `bucket`, else today (UTC)."""
@@ -216,8 +225,6 @@ class Increment(KeyRequest, tag="counter.increment", frozen=True, kw_only=True):
         if not isinstance(self.value, UnsetType):
             f.check_u64("value", self.value)
             f.check_positive("value", self.value)
-        if self.idempotency_key is not None:
-            f.check_non_empty("idempotency_key", self.idempotency_key)
 
 
 class SeriesIncrement(Increment, tag="series.increment", frozen=True, kw_only=True):
@@ -255,7 +262,6 @@ class SeriesPoints(CounterSeries, tag="series.points", frozen=True, kw_only=True
 
 class CounterDeleteRange(KeyRequest, tag="counter.delete_range", frozen=True, kw_only=True):
     range: DayRange
-    idempotency_key: str | None = None
 
     def check(self) -> None:
         super().check()
@@ -263,7 +269,7 @@ class CounterDeleteRange(KeyRequest, tag="counter.delete_range", frozen=True, kw
 
 
 class CounterReset(KeyRequest, tag="counter.reset", frozen=True, kw_only=True):
-    idempotency_key: str | None = None
+    pass
 
 
 class KeysRequest(SeriesRequest, frozen=True, kw_only=True):
@@ -288,12 +294,11 @@ class SeriesBatchSum(BatchSum, tag="series.batch_sum", frozen=True, kw_only=True
 
 
 class BatchReset(KeysRequest, tag="counter.batch_reset", frozen=True, kw_only=True):
-    idempotency_key: str | None = None
+    pass
 
 
 class BatchDeleteRange(KeysRequest, tag="counter.batch_delete_range", frozen=True, kw_only=True):
     range: DayRange
-    idempotency_key: str | None = None
 
     def check(self) -> None:
         super().check()
@@ -322,7 +327,6 @@ class MultiSum(Request, tag="counter.multi_sum", frozen=True, kw_only=True):
 
 class BatchAdd(SeriesRequest, tag="series.batch_add", frozen=True, kw_only=True):
     items: list[Item]
-    idempotency_key: str | None = None
 
     def check(self) -> None:
         super().check()
@@ -335,7 +339,6 @@ class BatchIncrement(BatchAdd, tag="counter.batch_increment", frozen=True, kw_on
 
 class BatchSet(SeriesRequest, tag="series.batch_set", frozen=True, kw_only=True):
     items: list[Item]
-    idempotency_key: str | None = None
 
     def check(self) -> None:
         super().check()
@@ -385,7 +388,7 @@ class SnapshotFetch(FileRequest, tag="snapshot.fetch", frozen=True, kw_only=True
 
 #: karma 1.0's chunk size when `limit` is omitted, and its ceiling.
 CHUNK_DEFAULT = 262_144
-CHUNK_MAX = 1_048_576
+CHUNK_MAX = 524_288
 
 
 class SnapshotFetchChunk(FileRequest, tag="snapshot.fetch_chunk", frozen=True, kw_only=True):
@@ -460,6 +463,81 @@ class ReplicationStatus(Request, tag="replication.status", frozen=True, kw_only=
     pass
 
 
+# --- ingest and idempotency ----------------------------------------------------------------
+class StreamRequest(Request, frozen=True, kw_only=True):
+    stream_id: str
+
+    def check(self) -> None:
+        if not self.stream_id:
+            raise KarmaError.required("stream_id")
+
+
+class IngestBegin(StreamRequest, tag="ingest.begin", frozen=True, kw_only=True):
+    mode: str
+    granularity: str | None = None
+
+    def check(self) -> None:
+        super().check()
+        if not self.mode:
+            raise KarmaError.required("mode")
+        if self.mode not in INGEST_MODES:
+            raise KarmaError.validation(f"Unsupported ingest mode {self.mode}")
+
+
+INGEST_MODES = ("add", "set", "replace_series")
+
+
+class IngestChunk(SeriesRequest, tag="ingest.chunk", frozen=True, kw_only=True):
+    stream_id: str
+    chunk_seq: U64
+    items: list[Item]
+
+    def check(self) -> None:
+        if not self.stream_id:
+            raise KarmaError.required("stream_id")
+        super().check()
+        f.check_u64("chunk_seq", self.chunk_seq)
+        f.check_positive("chunk_seq", self.chunk_seq)
+        f.check_items(self.items, allow_zero=True)  # zero is refused later for `add` streams
+
+
+class IngestCommit(StreamRequest, tag="ingest.commit", frozen=True, kw_only=True):
+    pass
+
+
+class IngestAbort(StreamRequest, tag="ingest.abort", frozen=True, kw_only=True):
+    pass
+
+
+PRUNE_MAX_LIMIT = 100_000
+
+
+class IdempotencyPrune(Request, tag="idempotency.prune", frozen=True, kw_only=True):
+    before: U64 | str
+    limit: int | UnsetType = UNSET
+
+    @property
+    def before_unix(self) -> int:
+        if isinstance(self.before, int):
+            return self.before
+        return f.unix_from_text("before", self.before)
+
+    def check(self) -> None:
+        f.check_u64("before", self.before_unix)
+        if not isinstance(self.limit, UnsetType):
+            f.check_limit(self.limit, default=1, maximum=PRUNE_MAX_LIMIT)
+
+
+class IdempotencySnapshotFetchChunk(
+    Request, tag="idempotency.snapshot_fetch_chunk", frozen=True, kw_only=True
+):
+    offset: U64 | UnsetType = UNSET
+    limit: int | UnsetType = UNSET
+
+    def check(self) -> None:
+        f.check_limit(opt(self.limit), default=CHUNK_DEFAULT, maximum=CHUNK_MAX)
+
+
 AnyRequest = (
     Ping
     | Health
@@ -510,4 +588,10 @@ AnyRequest = (
     | ReconciliationReport
     | ReplicationEntries
     | ReplicationStatus
+    | IngestBegin
+    | IngestChunk
+    | IngestCommit
+    | IngestAbort
+    | IdempotencyPrune
+    | IdempotencySnapshotFetchChunk
 )

@@ -15,18 +15,23 @@ import signal
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any
 
+import attrs
 import trio
 
 from karma import days
-from karma.config import Config
+from karma.config import Config, Role
 from karma.core.counters import NodeStatus
 from karma.core.engine import Engine
+from karma.core.idempotency import IdempotencyTable
+from karma.errors import KarmaError
 from karma.observability.logs import Logger
 from karma.server.connections import serve_connection
 from karma.server.node import Node
+from karma.server.snapshotter import Snapshotter
 from karma.server.wal_writer import WalWriter
-from karma.storage import recovery
+from karma.storage import recovery, snapshot_files
 from karma.storage.wal_files import ActiveWal, WalCorruptError
 
 
@@ -34,33 +39,50 @@ class StartupError(Exception):
     """The data directory or its files cannot be used; the CLI exits non-zero."""
 
 
-def _prepare(config: Config, log: Logger) -> tuple[Engine, NodeStatus, ActiveWal | None]:
+@attrs.frozen
+class Prepared:
+    directory: Path
+    engine: Engine
+    status: NodeStatus
+    wal: ActiveWal | None
+    checkpoints: list[dict[str, Any]]
+
+
+def _prepare(config: Config, log: Logger) -> Prepared:
     directory = Path(config.directory).resolve()
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StartupError(f"--directory {directory}: {exc.strerror}") from exc
-    engine = Engine()
+    engine = Engine(
+        idempotency=IdempotencyTable(
+            config.idempotency_max_records, config.idempotency_max_age_seconds
+        )
+    )
     status = NodeStatus(role=str(config.role), wal_enabled=config.wal, started_at=time.time())
-    if not config.wal:
-        return engine, status, None
+    now = time.time()
     try:
         restored = recovery.restore(
             directory,
             engine,
-            today=days.today_from_unix(time.time()),
+            today=days.today_from_unix(now),
+            now=int(now),
             replay=config.restore,
             log=log,
         )
-    except (WalCorruptError, OSError) as exc:
+    except (WalCorruptError, recovery.RestoreError, OSError) as exc:
         raise StartupError(str(exc)) from exc
-    wal = ActiveWal(directory, fsync=config.wal_fsync, segment_bytes=config.wal_segment_bytes)
-    wal.open(restored.records)
     status.wal_current_lsn = restored.last_lsn
-    status.wal_bytes = wal.total_bytes
+    status.last_snapshot_lsn = restored.snapshot_lsn
+    status.dump_count = len(snapshot_files.list_snapshots(directory))
     if not config.restore and restored.records:
         log.warning("wal.not_replayed", reason="--restore=false", records=len(restored.records))
-    return engine, status, wal
+    wal = None
+    if config.wal:
+        wal = ActiveWal(directory, fsync=config.wal_fsync, segment_bytes=config.wal_segment_bytes)
+        wal.open(restored.records)
+        status.wal_bytes = wal.total_bytes
+    return Prepared(directory, engine, status, wal, restored.checkpoints)
 
 
 async def serve(
@@ -74,7 +96,8 @@ async def serve(
         log = Logger(enabled=config.log, level=config.log_level)
     if shutdown is None:  # not `shutdown or ...`: a trio.Event refuses bool()
         shutdown = trio.Event()
-    engine, status, wal = await trio.to_thread.run_sync(_prepare, config, log)
+    prepared = await trio.to_thread.run_sync(_prepare, config, log)
+    engine, status, wal = prepared.engine, prepared.status, prepared.wal
     writer = None
     if wal is not None:
         writer = WalWriter(
@@ -85,12 +108,19 @@ async def serve(
             batch_size=config.wal_batch_size,
             batch_wait_us=config.wal_batch_wait_us,
         )
-    node = Node(config, engine, status, log, writer)
+    directory = prepared.directory
+    snapshots = Snapshotter(
+        directory, engine, status, log, writer, retention=config.dump_retention_per_tree
+    )
+    checkpoints = {c["source"]: c for c in prepared.checkpoints}
+    node = Node(config, engine, status, log, writer, snapshots, checkpoints)
     try:
         async with trio.open_nursery() as services:
             if writer is not None:
                 await services.start(writer.run)
-            services.start_soon(_watch_signals, shutdown, log)
+            services.start_soon(_watch_signals, shutdown, snapshots, log)
+            if config.snapshot_interval_seconds:
+                services.start_soon(snapshots.serve_interval, config.snapshot_interval_seconds)
             async with trio.open_nursery() as connections:
                 listeners = await trio.open_tcp_listeners(config.port, host=config.bind)
                 async with trio.open_nursery() as accepting:
@@ -126,11 +156,24 @@ async def serve(
     log.info("server.stopped", lsn=status.wal_current_lsn)
 
 
-async def _watch_signals(shutdown: trio.Event, log: Logger) -> None:
+async def _final_snapshot(snapshots: Snapshotter, config: Config, log: Logger) -> None:
+    """Every connection is gone: snapshot all so the next start need not replay the WAL."""
+    if config.role is Role.SLAVE:
+        return
+    try:
+        await snapshots.create_all("shutdown")
+    except KarmaError as exc:  # the WAL still holds everything: log, and exit as planned
+        log.error("snapshot.shutdown_failed", error=exc.message)
+
+
+async def _watch_signals(shutdown: trio.Event, snapshots: Snapshotter, log: Logger) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
         async for signum in signals:
-            if signum == signal.SIGUSR1:
-                log.warning("snapshot.unavailable", reason="snapshots arrive with issue 3")
-                continue
             log.info("signal", signal=signal.Signals(signum).name)
-            shutdown.set()
+            if signum != signal.SIGUSR1:
+                shutdown.set()
+                continue
+            try:
+                await snapshots.create_all("SIGUSR1")
+            except KarmaError:
+                pass  # logged by the snapshotter; the server keeps running

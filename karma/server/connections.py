@@ -66,6 +66,12 @@ async def answer_all(node: Node, lines: list[bytes]) -> list[bytes]:
         if isinstance(request, bytes):
             answers.append(request)
             continue
+        if node.needs_await(request):
+            if last_write is not None:
+                await last_write.pending.done.wait()
+                last_write = None
+            answers.append(await node.handle_async(request))
+            continue
         if last_write is not None and not node.is_write(request):
             # read-your-writes: the writer finishes batches in queue order, so the last
             # queued write being done means every earlier one is

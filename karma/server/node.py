@@ -1,34 +1,40 @@
 """One node's request handling: decode a line, admit it, answer reads, queue writes.
 
-Everything here is synchronous except what a write waits for. `handle` returns either the
-answer bytes, or a `Waiting` write whose answer is ready once its WAL batch is applied.
+Most requests are handled synchronously: reads are answered at once, writes are queued on the
+WAL writer and answered by the returned `Waiting` once their batch is applied. Requests that
+must wait for something first — keyed (idempotent) writes, ingest steps, file operations — go
+through `handle_async`, which the connection awaits in order.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
 import attrs
 import msgspec
+import trio
 
 from karma import days
 from karma.config import Config, Role
+from karma.core import mutations as m
 from karma.core import report
 from karma.core.budget import AnyBudget, Budget, Unlimited
 from karma.core.counters import NodeStatus
-from karma.core.engine import ENGINE_READS, WRITES, Engine
+from karma.core.engine import ENGINE_READS, WRITES, Engine, Immediate
 from karma.errors import ErrorCode, KarmaError
 from karma.observability.logs import Logger
-from karma.protocol import envelope
+from karma.protocol import envelope, optable
 from karma.protocol import requests as r
 from karma.protocol.decode import decode
 from karma.protocol.gate import Gate
+from karma.server.snapshotter import Snapshotter
 from karma.server.wal_writer import Pending, WalWriter
-from karma.storage import wal_files
+from karma.storage import snapshot_codec, snapshot_files, wal_files
 
 
 @attrs.define(eq=False)
@@ -42,7 +48,7 @@ class Waiting:
     def answer(self) -> bytes:
         pending = self.pending
         failed = pending.error is not None
-        self.node.engine.counters.record((time.perf_counter() - self.started) * 1000, failed=failed)
+        self.node.record(self.started, failed=failed)
         if pending.error is not None:
             return envelope.encode_error(pending.error)
         return envelope.encode_ok_checked(pending.response, self.node.config.max_response_bytes)
@@ -55,8 +61,12 @@ class Node:
     status: NodeStatus
     log: Logger
     writer: WalWriter | None = None
+    snapshots: Snapshotter | None = None
+    checkpoints: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     gate: Gate = attrs.field(init=False)
     directory: Path = attrs.field(init=False)
+    _inflight: dict[str, trio.Event] = attrs.field(init=False, factory=dict)
+    _files: trio.CapacityLimiter = attrs.field(init=False, factory=lambda: trio.CapacityLimiter(2))
 
     def __attrs_post_init__(self) -> None:
         self.gate = Gate(
@@ -66,6 +76,7 @@ class Node:
         )
         self.directory = Path(self.config.directory).resolve()
 
+    # --- entry points --------------------------------------------------------------------------
     def decode(self, line: bytes) -> r.Request | bytes:
         """The request on `line`, or the error answer for it."""
         try:
@@ -78,6 +89,15 @@ class Node:
     def is_write(request: r.Request) -> bool:
         return type(request) in WRITES
 
+    @staticmethod
+    def needs_await(request: r.Request) -> bool:
+        cls = type(request)
+        return (
+            cls in _ASYNC
+            or cls in _SEQUENTIAL
+            or (request.key_text is not None and optable.SPEC_BY_CLASS[cls].idempotent)
+        )
+
     def handle(self, request: r.Request) -> bytes | Waiting:
         """Answer a read, or queue a write (its answer comes from the returned Waiting)."""
         started = time.perf_counter()
@@ -86,54 +106,129 @@ class Node:
                 return self._write(request, started)
             answer = self._read(request)
         except KarmaError as exc:
-            if exc.code is ErrorCode.QUERY_TIMEOUT:
-                self.engine.counters.query_timeout_count += 1
-            self._record(started, failed=True)
-            return envelope.encode_error(exc)
+            return self._refuse(exc, started)
         except Exception as exc:  # noqa: BLE001 - a bug: logged below, answered, server keeps serving
-            self.log.error("internal_error", error=repr(exc), op=r.op_tag(type(request)))
-            self._record(started, failed=True)
-            return envelope.encode_error(KarmaError.internal())
-        self._record(started, failed=False)
+            return self._bug(exc, request, started)
+        self.record(started, failed=False)
         return envelope.encode_ok_checked(answer, self.config.max_response_bytes)
+
+    async def handle_async(self, request: r.Request) -> bytes:
+        started = time.perf_counter()
+        try:
+            cls = type(request)
+            if request.key_text is not None and optable.SPEC_BY_CLASS[cls].idempotent:
+                return await self._keyed_write(request, started)
+            if cls in _SEQUENTIAL:
+                response = await self._write_and_wait(request)
+            else:
+                response = await _lookup(_ASYNC, cls)(self, request)
+        except KarmaError as exc:
+            return self._refuse(exc, started)
+        except Exception as exc:  # noqa: BLE001 - a bug: logged below, answered, server keeps serving
+            return self._bug(exc, request, started)
+        self.record(started, failed=False)
+        return envelope.encode_ok_checked(response, self.config.max_response_bytes)
 
     def handle_line(self, line: bytes) -> bytes | Waiting:
         request = self.decode(line)
         return request if isinstance(request, bytes) else self.handle(request)
 
-    def _record(self, started: float, *, failed: bool) -> None:
+    # --- bookkeeping ---------------------------------------------------------------------------
+    def record(self, started: float, *, failed: bool) -> None:
         self.engine.counters.record((time.perf_counter() - started) * 1000, failed=failed)
 
+    def _refuse(self, exc: KarmaError, started: float) -> bytes:
+        if exc.code is ErrorCode.QUERY_TIMEOUT:
+            self.engine.counters.query_timeout_count += 1
+        self.record(started, failed=True)
+        return envelope.encode_error(exc)
+
+    def _bug(self, exc: Exception, request: r.Request, started: float) -> bytes:
+        self.log.error("internal_error", error=repr(exc), op=r.op_tag(type(request)))
+        self.record(started, failed=True)
+        return envelope.encode_error(KarmaError.internal())
+
+    # --- writes --------------------------------------------------------------------------------
+    def _mutation(self, request: r.Request) -> m.Mutation | Immediate:
+        now = time.time()
+        return self.engine.mutation_for(request, days.today_from_unix(now), int(now))
+
     def _write(self, request: r.Request, started: float) -> bytes | Waiting:
-        mutation = self.engine.mutation_for(request, today=days.today_from_unix(time.time()))
+        mutation = self._mutation(request)
+        if isinstance(mutation, Immediate):
+            self.record(started, failed=False)
+            return envelope.encode_ok_checked(mutation.response, self.config.max_response_bytes)
         if self.writer is None:
             response = self.engine.apply(mutation)
-            self._record(started, failed=False)
+            self.record(started, failed=False)
             return envelope.encode_ok_checked(response, self.config.max_response_bytes)
         return Waiting(self, self.writer.submit_nowait(mutation), started)
 
+    async def _commit(self, mutation: m.Mutation) -> object:
+        """Log and apply one mutation, waiting for it; raises its error."""
+        if self.writer is None:
+            return self.engine.apply(mutation)
+        pending = self.writer.submit_nowait(mutation)
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.response
+
+    async def _write_and_wait(self, request: r.Request) -> object:
+        mutation = self._mutation(request)
+        if isinstance(mutation, Immediate):
+            return mutation.response
+        return await self._commit(mutation)
+
+    async def _keyed_write(self, request: r.Request, started: float) -> bytes:
+        """An eligible write with an idempotency key: applied once, whoever retries it.
+
+        A retry of a key still being written waits for that write's outcome instead of
+        applying again (two connections racing with one key count once).
+        """
+        key = request.key_text
+        assert key is not None
+        while True:
+            now = time.time()
+            mutation = self.engine.normalize(request, days.today_from_unix(now), int(now))
+            assert isinstance(mutation, m.Idempotent)
+            fingerprint = mutation.canon().digest()
+            claimed = r.opt(request.fingerprint)
+            if claimed is not None and str(claimed) != fingerprint:
+                raise KarmaError(
+                    ErrorCode.IDEMPOTENCY_CONFLICT,
+                    "Field fingerprint does not match request fingerprint",
+                )
+            saved = self.engine.idempotency.lookup(key, fingerprint)
+            if saved is not None:
+                self.record(started, failed=False)
+                return envelope.encode_idempotent(saved.response, replayed=True)
+            busy = self._inflight.get(key)
+            if busy is None:
+                break
+            await busy.wait()
+        self.engine.check(mutation)
+        self._inflight[key] = done = trio.Event()
+        try:
+            response = await self._commit(mutation)
+        finally:
+            del self._inflight[key]
+            done.set()
+        self.record(started, failed=False)
+        return envelope.encode_idempotent(response, replayed=False)
+
+    # --- reads ---------------------------------------------------------------------------------
     def _read(self, request: r.Request) -> object:
         cls = type(request)
         if cls in ENGINE_READS:
             return self.engine.read(request, self._budget())
-        handler = _SHELL.get(cls)
-        if handler is None:
-            for parent in cls.__mro__:
-                handler = _SHELL.get(parent)
-                if handler is not None:
-                    break
-        if handler is None:
-            raise KarmaError(
-                ErrorCode.INTERNAL_ERROR, f"{r.op_tag(cls)} is not available in this build"
-            )
-        return handler(self, request)
+        return _lookup(_SHELL, cls)(self, request)
 
     def _budget(self) -> AnyBudget:
         if not self.config.query_timeout_ms:
             return Unlimited()
         return Budget(time.monotonic, time.monotonic() + self.config.query_timeout_ms / 1000)
 
-    # --- answers that need the node, not just the store ----------------------------------------
     def ping(self, req: r.Ping) -> object:
         return "pong"
 
@@ -144,9 +239,12 @@ class Node:
         return self._stats()
 
     def _stats(self) -> dict[str, object]:
-        return report.stats(
-            self.engine.store, self.engine.counters, self.status, time.time(), _memory_bytes()
+        values = report.stats(self.engine, self.status, time.time(), _memory_bytes())
+        values["recovery_checkpoint_count"] = len(self.checkpoints)
+        values["recovery_last_checkpoint_unix"] = max(
+            (int(c.get("updated_at_unix", 0)) for c in self.checkpoints.values()), default=0
         )
+        return values
 
     def metrics(self, req: r.Metrics) -> object:
         return report.metrics_text(self._stats())
@@ -165,36 +263,13 @@ class Node:
         c.reconciliation_last_max_abs_delta = delta
         return "OK"
 
-    def replication_entries(self, req: r.ReplicationEntries) -> object:
-        limit = r.opt(req.limit) or r.REPLICATION_DEFAULT_LIMIT
-        byte_limit = _entries_byte_limit(self.config.max_response_bytes)
-        current = self.status.wal_current_lsn
-        entries: list[tuple[int, bytes]] = []
-        truncated = False
-        if self.config.wal:
-            entries, truncated, first = wal_files.read_after(
-                self.directory, req.after_lsn, limit, byte_limit, current
-            )
-            available_from = first if first is not None else current + 1
-            if req.after_lsn + 1 < available_from and req.after_lsn < current:
-                raise KarmaError(
-                    ErrorCode.REPLICATION_GAP,
-                    f"WAL entries after LSN {req.after_lsn} are no longer available",
-                )
-        raw = [_RawEntry(lsn, entry) for lsn, entry in entries]
-        return {
-            "after_lsn": req.after_lsn,
-            "limit": limit,
-            "byte_limit": byte_limit,
-            "entries_bytes": sum(
-                len(b'{"lsn":,"entry":}') + len(str(e.lsn)) + len(e.entry) for e in raw
-            ),
-            "truncated_by_bytes": truncated,
-            "count": len(raw),
-            "source_lsn": current,
-            "entries": [{"lsn": e.lsn, "entry": _raw(e.entry)} for e in raw],
-            "next_lsn": raw[-1].lsn if raw else req.after_lsn,
-        }
+    def recovery_status(self, req: r.RecoveryStatus) -> object:
+        chosen = [
+            c
+            for name, c in sorted(self.checkpoints.items())
+            if req.source is None or name == req.source
+        ]
+        return {"checkpoint_count": len(chosen), "checkpoints": chosen}
 
     def replication_status(self, req: r.ReplicationStatus) -> object:
         fields = dict(report.REPLICATION_FIELDS)
@@ -206,25 +281,185 @@ class Node:
             "replayed_lsn": fields.pop("replication_replayed_lsn"),
         }
         answer.update(fields)
+        latest = [
+            s.meta().presented() for s in snapshot_files.latest_by_series(self.directory).values()
+        ]
         answer.update(
             {
                 "last_snapshot_lsn": self.status.last_snapshot_lsn,
-                "latest_snapshots": [],
-                "recovery": {"checkpoint_count": 0, "checkpoints": []},
-                "recovery_checkpoint_count": 0,
+                "latest_snapshots": latest,
+                "recovery": self.recovery_status(r.RecoveryStatus(v=2)),
+                "recovery_checkpoint_count": len(self.checkpoints),
             }
         )
         return answer
 
+    # --- operations that wait for files ----------------------------------------------------------
+    async def in_thread(self, fn: Callable[..., Any], *args: object) -> Any:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._files)
 
-@attrs.frozen
-class _RawEntry:
-    lsn: int
-    entry: bytes
+    def _snapshotter(self) -> Snapshotter:
+        assert self.snapshots is not None
+        return self.snapshots
+
+    async def snapshot_create(self, req: r.SnapshotCreate) -> object:
+        await self._snapshotter().create_one(req.name)
+        return f'Tree "{req.name}" saved'
+
+    async def snapshot_create_all(self, req: r.SnapshotCreateAll) -> object:
+        await self._snapshotter().create_all("request")
+        return "OK"
+
+    async def snapshot_list(self, req: r.SnapshotList) -> object:
+        found = await self.in_thread(snapshot_files.list_snapshots, self.directory)
+        return [str(s.path) for s in found]
+
+    async def snapshot_info(self, req: r.SnapshotInfo) -> object:
+        return await self.in_thread(self._snapshot_info)
+
+    def _snapshot_info(self) -> dict[str, object]:
+        found = snapshot_files.list_snapshots(self.directory)
+        latest = [s.meta() for s in snapshot_files.latest_by_series(self.directory).values()]
+        latest.sort(key=lambda meta: -meta.timestamp)
+        return {
+            "dump_count": len(found),
+            "latest_by_tree": [meta.presented() for meta in latest],
+            "idempotency_snapshot": snapshot_files.idempotency_meta(self.directory),
+            "last_snapshot_lsn": max((meta.last_lsn for meta in latest), default=0),
+            "wal_enabled": self.status.wal_enabled,
+            "wal_bytes": self.status.wal_bytes,
+            "wal_current_lsn": self.status.wal_current_lsn,
+            "dump_retention_per_tree": self.config.dump_retention_per_tree,
+        }
+
+    async def snapshot_verify(self, req: r.SnapshotVerify) -> object:
+        from karma.storage import verify
+
+        return await self.in_thread(verify.verify, self.directory)
+
+    async def snapshot_load(self, req: r.SnapshotLoad) -> object:
+        snapshot = snapshot_files.resolve(self.directory, req.file)
+        if snapshot is None:
+            if snapshot_files.TREE_NAME.fullmatch(req.file) is None:
+                raise KarmaError.validation(f'Invalid dump file name "{req.file}"')
+            series = req.file.split("_", 1)[1].removesuffix(".tree")
+            raise KarmaError(ErrorCode.NOT_FOUND, f'Dump "{series}" not found')
+        try:
+            data = await self.in_thread(snapshot.path.read_bytes)
+            loaded = snapshot_codec.decode_series(data)
+        except (OSError, snapshot_codec.SnapshotError) as exc:
+            raise KarmaError.validation(f"Cannot load {req.file}: {exc}") from exc
+        # karma 1.0 semantics: memory only, not logged; the next snapshot makes it durable
+        self.engine.store.series[snapshot.series] = loaded
+        self.log.info("snapshot.load", file=req.file, series=snapshot.series)
+        return f'Tree "{snapshot.series}" loaded'
+
+    async def snapshot_fetch(self, req: r.SnapshotFetch) -> object:
+        snapshot = self._existing(req.file)
+        data = await self.in_thread(snapshot.path.read_bytes)
+        return {
+            "metadata": snapshot.meta().presented(),
+            "data_base64": base64.b64encode(data).decode(),
+        }
+
+    async def snapshot_fetch_chunk(self, req: r.SnapshotFetchChunk) -> object:
+        snapshot = self._existing(req.file)
+        data = await self.in_thread(snapshot.path.read_bytes)
+        return _chunk(snapshot.meta().presented(), data, req.offset, req.limit, "snapshot")
+
+    async def idempotency_snapshot_fetch_chunk(
+        self, req: r.IdempotencySnapshotFetchChunk
+    ) -> object:
+        meta = snapshot_files.idempotency_meta(self.directory)
+        path = self.directory / snapshot_files.IDEMPOTENCY
+        if meta is None or not path.exists():
+            raise KarmaError(ErrorCode.NOT_FOUND, "Idempotency snapshot not found")
+        data = await self.in_thread(path.read_bytes)
+        return _chunk(meta, data, req.offset, req.limit, "idempotency snapshot")
+
+    def _existing(self, file: str) -> snapshot_files.SnapshotFile:
+        snapshot = snapshot_files.resolve(self.directory, file)
+        if snapshot is None:
+            raise KarmaError(ErrorCode.NOT_FOUND, f'Snapshot "{file}" not found')
+        return snapshot
+
+    async def recovery_checkpoint(self, req: r.RecoveryCheckpoint) -> object:
+        offset = req.source_offset if req.source_offset is not None else req.offset
+        checkpoint: dict[str, Any] = {"source": req.source}
+        if offset is not None:
+            checkpoint["offset"] = str(offset)
+        if req.event_id is not None:
+            checkpoint["event_id"] = str(req.event_id)
+        checkpoint["updated_at_unix"] = int(time.time())
+        updated = dict(self.checkpoints)
+        updated[req.source] = checkpoint
+        document = {"checkpoints": [c for _, c in sorted(updated.items())]}
+        await self.in_thread(
+            snapshot_files.atomic_write,
+            self.directory / snapshot_files.RECOVERY,
+            msgspec.json.encode(document) + b"\n",
+        )
+        self.checkpoints = updated
+        self.log.info("recovery.checkpoint", source=req.source, checkpoints=len(updated))
+        return {
+            "source": req.source,
+            "offset": checkpoint.get("offset"),
+            "event_id": checkpoint.get("event_id"),
+            "updated_at_unix": checkpoint["updated_at_unix"],
+        }
+
+    async def replication_entries(self, req: r.ReplicationEntries) -> object:
+        limit = r.opt(req.limit) or r.REPLICATION_DEFAULT_LIMIT
+        byte_limit = _entries_byte_limit(self.config.max_response_bytes)
+        current = self.status.wal_current_lsn
+        entries: list[tuple[int, bytes]] = []
+        truncated = False
+        if self.config.wal:
+            entries, truncated, first = await self.in_thread(
+                wal_files.read_after, self.directory, req.after_lsn, limit, byte_limit, current
+            )
+            available_from = first if first is not None else current + 1
+            if req.after_lsn + 1 < available_from and req.after_lsn < current:
+                raise KarmaError(
+                    ErrorCode.REPLICATION_GAP,
+                    f"WAL entries after LSN {req.after_lsn} are no longer available",
+                )
+        return {
+            "after_lsn": req.after_lsn,
+            "limit": limit,
+            "byte_limit": byte_limit,
+            "entries_bytes": sum(
+                len(b'{"lsn":,"entry":}') + len(str(lsn)) + len(entry) for lsn, entry in entries
+            ),
+            "truncated_by_bytes": truncated,
+            "count": len(entries),
+            "source_lsn": current,
+            "entries": [{"lsn": lsn, "entry": msgspec.Raw(entry)} for lsn, entry in entries],
+            "next_lsn": entries[-1][0] if entries else req.after_lsn,
+        }
 
 
-def _raw(entry: bytes) -> object:
-    return msgspec.Raw(entry)
+def _chunk(
+    meta: dict[str, object], data: bytes, offset_field: object, limit_field: object, what: str
+) -> dict[str, object]:
+    offset = r.opt(offset_field) or 0
+    limit = r.opt(limit_field) or r.CHUNK_DEFAULT
+    assert isinstance(offset, int)
+    assert isinstance(limit, int)
+    if offset > len(data):
+        raise KarmaError.validation(f"Field offset exceeds {what} size")
+    piece = data[offset : offset + limit]
+    next_offset = offset + len(piece)
+    return {
+        "metadata": meta,
+        "offset": offset,
+        "limit": limit,
+        "bytes": len(piece),
+        "total_bytes": len(data),
+        "next_offset": next_offset,
+        "done": next_offset >= len(data),
+        "data_base64": base64.b64encode(piece).decode(),
+    }
 
 
 def _entries_byte_limit(max_response_bytes: int) -> int:
@@ -240,12 +475,38 @@ def _memory_bytes() -> int:
         return 0
 
 
+def _lookup(table: dict[type, Any], cls: type) -> Any:
+    for parent in cls.__mro__:
+        if parent in table:
+            return table[parent]
+    raise KarmaError(ErrorCode.INTERNAL_ERROR, f"{r.op_tag(cls)} has no handler")
+
+
 _SHELL: Final[dict[type, Callable[[Node, Any], object]]] = {
     r.Ping: Node.ping,
     r.Health: Node.health,
     r.Stats: Node.stats,
     r.Metrics: Node.metrics,
     r.ReconciliationReport: Node.reconciliation_report,
-    r.ReplicationEntries: Node.replication_entries,
+    r.RecoveryStatus: Node.recovery_status,
     r.ReplicationStatus: Node.replication_status,
 }
+
+_ASYNC: Final[dict[type, Callable[[Node, Any], Awaitable[object]]]] = {
+    r.SnapshotCreate: Node.snapshot_create,
+    r.SnapshotCreateAll: Node.snapshot_create_all,
+    r.SnapshotList: Node.snapshot_list,
+    r.SnapshotInfo: Node.snapshot_info,
+    r.SnapshotVerify: Node.snapshot_verify,
+    r.SnapshotLoad: Node.snapshot_load,
+    r.SnapshotFetch: Node.snapshot_fetch,
+    r.SnapshotFetchChunk: Node.snapshot_fetch_chunk,
+    r.IdempotencySnapshotFetchChunk: Node.idempotency_snapshot_fetch_chunk,
+    r.RecoveryCheckpoint: Node.recovery_checkpoint,
+    r.ReplicationEntries: Node.replication_entries,
+}
+
+#: Writes that must see every earlier write applied before they are checked (chunk numbering).
+_SEQUENTIAL: Final = frozenset(
+    {r.IngestBegin, r.IngestChunk, r.IngestCommit, r.IngestAbort, r.IdempotencyPrune}
+)

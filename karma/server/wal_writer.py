@@ -42,6 +42,7 @@ class WalWriter:
     _send: trio.MemorySendChannel[Pending] = attrs.field(init=False)
     _receive: trio.MemoryReceiveChannel[Pending] = attrs.field(init=False)
     _disk: trio.CapacityLimiter = attrs.field(init=False)
+    _file_lock: trio.Lock = attrs.field(init=False, factory=trio.Lock)
     batches: int = 0
 
     def __attrs_post_init__(self) -> None:
@@ -68,7 +69,17 @@ class WalWriter:
                         self._drain(batch)
             with trio.CancelScope(shield=True):
                 # a dequeued batch is finished even at shutdown: its clients are waiting
-                await self._write(batch)
+                async with self._file_lock:
+                    await self._write(batch)
+
+    async def truncate_through(self, lsn: int) -> None:
+        """Drop WAL records <= lsn, between batches (this task owns the file)."""
+        async with self._file_lock:
+            await trio.to_thread.run_sync(
+                self.wal.truncate_through, lsn, self.status.wal_current_lsn, limiter=self._disk
+            )
+            self.status.wal_bytes = self.wal.total_bytes
+            self.log.info("wal.truncate", through_lsn=lsn, wal_bytes=self.wal.total_bytes)
 
     def _drain(self, batch: list[Pending]) -> None:
         while len(batch) < self.batch_size:

@@ -165,10 +165,56 @@ class ActiveWal:
         self.size = 0
         self.offsets = []
 
+    def truncate_through(self, lsn: int, current_lsn: int) -> None:
+        """Drop every record with an LSN <= `lsn` (they are in a durable snapshot).
+
+        Records written after the snapshot's cut stay: the active file is rewritten from the
+        first later record. `karma.wal.lsn` keeps LSNs monotonic across the truncation.
+        """
+        segments = [p for p in wal_paths(self.directory) if p.name != ACTIVE]
+        for segment in segments:
+            last = max((r.lsn for r in _records(segment) if r.lsn is not None), default=0)
+            if last <= lsn:
+                for path in (segment.with_name(segment.name + ".idx"), segment):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+        keep_from = next((offset for entry_lsn, offset in self.offsets if entry_lsn > lsn), None)
+        active = self.directory / ACTIVE
+        tail = b""
+        if keep_from is not None:
+            with open(active, "rb") as handle:
+                handle.seek(keep_from)
+                tail = handle.read()
+        os.close(self._handle)
+        temp = self.directory / f".{ACTIVE}.{os.getpid()}.tmp"
+        with open(temp, "wb") as handle:
+            handle.write(tail)
+            handle.flush()
+            if self.fsync:
+                os.fsync(handle.fileno())
+        os.replace(temp, active)
+        lsn_file = self.directory / LSN_FILE
+        with open(lsn_file, "w") as handle:
+            handle.write(f"{current_lsn}\n")
+            handle.flush()
+            if self.fsync:
+                os.fsync(handle.fileno())
+        fsync_directory(self.directory)
+        self._handle = os.open(active, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        shift = keep_from or 0
+        self.offsets = [(e, o - shift) for e, o in self.offsets if e > lsn]
+        self.size = len(tail)
+        self.other_bytes = sum(p.stat().st_size for p in wal_paths(self.directory) if p != active)
+
     def close(self) -> None:
         if self._handle >= 0:
             os.close(self._handle)
             self._handle = -1
+
+
+def _records(path: Path) -> list[wal_codec.Line]:
+    lines, _, _ = wal_codec.parse(path.read_bytes())
+    return lines
 
 
 def _write_index(segment: Path, size: int, offsets: list[tuple[int, int]]) -> None:

@@ -79,6 +79,12 @@ VALID: dict[str, dict[str, Any]] = {
     "reconciliation.report": {"checked_points": 2, "mismatch_count": 1},
     "replication.entries": {"after_lsn": 0},
     "replication.status": {},
+    "ingest.begin": {"stream_id": "s", "mode": "add"},
+    "ingest.chunk": {"stream_id": "s", "series": "a", "chunk_seq": 1, "items": [[1, B1, 1]]},
+    "ingest.commit": {"stream_id": "s"},
+    "ingest.abort": {"stream_id": "s"},
+    "idempotency.prune": {"before": "2026-05-29T00:00:00Z", "limit": 10},
+    "idempotency.snapshot_fetch_chunk": {"offset": 0},
 }
 
 

@@ -67,7 +67,7 @@ def test_recovery_from_a_cut_wal_keeps_every_complete_record(tmp_path: Path) -> 
         (directory / "karma.wal").write_bytes(blob[:cut])
         engine = Engine()
         restored = recovery.restore(
-            directory, engine, today=20260501, replay=True, log=Logger(enabled=False)
+            directory, engine, today=20260501, now=0, replay=True, log=Logger(enabled=False)
         )
         complete = len([end for end in ends if end <= cut])
         assert restored.last_lsn == complete

@@ -1,0 +1,52 @@
+"""karma 1.0's request fingerprint: SHA-256 of a canonical text of the normalised command.
+
+One line per field: `name:s:<utf-8 length>:<text>`, `name:u:<unsigned>`, `name:i:<count>` or
+`name:n` (null). Computed exactly as karma 1.0 does, so the records in a karma 1.0
+`karma.idempotency.json` keep matching retries after the switch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+Item = tuple[int, int, int]
+
+
+class Canon:
+    def __init__(self, command: str) -> None:
+        self.command = command
+        self.parts: list[str] = []
+        self.text("command", command)
+
+    def text(self, name: str, value: str | None) -> Canon:
+        if value is None:
+            self.parts.append(f"{name}:n\n")
+        else:
+            self.parts.append(f"{name}:s:{len(value.encode())}:{value}\n")
+        return self
+
+    def unsigned(self, name: str, value: int | None) -> Canon:
+        self.parts.append(f"{name}:n\n" if value is None else f"{name}:u:{value}\n")
+        return self
+
+    def count(self, name: str, value: int) -> Canon:
+        self.parts.append(f"{name}:i:{value}\n")
+        return self
+
+    def items(self, items: Iterable[Item]) -> Canon:
+        listed = list(items)
+        self.count("items_count", len(listed))
+        for key, bucket, value in listed:
+            self.unsigned("item_key", key).unsigned("item_bucket", bucket)
+            self.unsigned("item_value", value)
+        return self
+
+    def keys(self, keys: list[int]) -> Canon:
+        self.count("keys_count", len(keys))
+        for key in keys:
+            self.unsigned("key_value", key)
+        return self
+
+    def digest(self) -> str:
+        return hashlib.sha256("".join(self.parts).encode()).hexdigest()
