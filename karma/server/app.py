@@ -27,7 +27,7 @@ from karma.core.engine import Engine
 from karma.core.idempotency import IdempotencyTable
 from karma.errors import KarmaError
 from karma.observability.logs import Logger
-from karma.server.connections import serve_connection
+from karma.server.connections import Drain, serve_connection
 from karma.server.node import Node
 from karma.server.snapshotter import Snapshotter
 from karma.server.wal_writer import WalWriter
@@ -114,6 +114,7 @@ async def serve(
     )
     checkpoints = {c["source"]: c for c in prepared.checkpoints}
     node = Node(config, engine, status, log, writer, snapshots, checkpoints)
+    drain = Drain()
     try:
         async with trio.open_nursery() as services:
             if writer is not None:
@@ -127,7 +128,7 @@ async def serve(
                     accepting.start_soon(
                         partial(
                             trio.serve_listeners,
-                            partial(serve_connection, node),
+                            partial(serve_connection, node, drain),
                             listeners,
                             handler_nursery=connections,
                         )
@@ -146,9 +147,11 @@ async def serve(
                     await shutdown.wait()
                     log.info("server.stopping", open_connections=len(connections.child_tasks))
                     accepting.cancel_scope.cancel()
+                drain.close_idle()  # requests in progress finish; idle clients go now
                 connections.cancel_scope.deadline = trio.current_time() + (
                     config.shutdown_timeout if config.shutdown_timeout else math.inf
                 )
+            await _final_snapshot(snapshots, config, log)
             services.cancel_scope.cancel()
     finally:
         if wal is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import socket
 
+import attrs
 import trio
 
 from karma.errors import ErrorCode, KarmaError
@@ -20,7 +21,27 @@ from karma.server.node import Node, Waiting
 RECEIVE_BYTES = 65536
 
 
-async def serve_connection(node: Node, stream: trio.SocketStream) -> None:
+@attrs.define(eq=False)
+class Connection:
+    scope: trio.CancelScope
+    idle: bool = True
+
+
+@attrs.define(eq=False)
+class Drain:
+    """Open connections, so a shutdown can close idle ones at once and let busy ones finish."""
+
+    open: set[Connection] = attrs.field(factory=set)
+    closing: bool = False
+
+    def close_idle(self) -> None:
+        self.closing = True
+        for connection in self.open:
+            if connection.idle:
+                connection.scope.cancel()
+
+
+async def serve_connection(node: Node, drain: Drain, stream: trio.SocketStream) -> None:
     config = node.config
     if not config.nodelay:  # trio turns TCP_NODELAY on by default
         stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, False)
@@ -30,10 +51,14 @@ async def serve_connection(node: Node, stream: trio.SocketStream) -> None:
     # One cancel scope for the connection's life, its deadline moved per phase: entering a
     # fresh scope per read and per write cost more than the rest of a small request.
     with trio.CancelScope() as deadline:
+        connection = Connection(deadline)
+        drain.open.add(connection)
         try:
-            while True:
+            while not drain.closing:
                 deadline.deadline = trio.current_time() + read_timeout
+                connection.idle = True
                 data = await stream.receive_some(RECEIVE_BYTES)
+                connection.idle = False
                 if not data:
                     return
                 deadline.deadline = math.inf  # a write waiting for its fsync is not idle
@@ -53,6 +78,7 @@ async def serve_connection(node: Node, stream: trio.SocketStream) -> None:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
         finally:
+            drain.open.discard(connection)
             with trio.CancelScope(shield=True), trio.move_on_after(0.5):
                 await stream.aclose()
 
