@@ -27,6 +27,10 @@ class ExitCode(IntEnum):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "ingest":
+        from karma import importer
+
+        return importer.main(args[1:])
     if args and args[0] == "serve":
         args = args[1:]
     try:

@@ -406,7 +406,11 @@ def help_text() -> str:
     for option in OPTIONS:
         lines.append(f"  {option.flag}=VALUE")
         lines.append(f"      {option.help} [{option.env}, default {option.default_text}]")
-    lines += ["", "Subcommands: karma-trio serve [OPTIONS] (the default)"]
+    lines += [
+        "",
+        "Subcommands: serve [OPTIONS] (the default);",
+        "             ingest FILE.csv --series S [--mode add|set|replace_series] (ingest --help)",
+    ]
     return "\n".join(lines)
 
 

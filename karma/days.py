@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 
 MIN_DAY = 10000101
 MAX_DAY = 99991231
@@ -20,7 +21,9 @@ def to_date(day: int) -> dt.date | None:
         return None
 
 
+@functools.lru_cache(maxsize=65536)
 def is_day(day: int) -> bool:
+    """Cached: a batch of thousands of items names only a handful of distinct days."""
     return to_date(day) is not None
 
 

@@ -19,6 +19,7 @@ from karma.core.budget import AnyBudget
 from karma.core.counters import Counters
 from karma.core.idempotency import IdempotencyTable, Record
 from karma.core.ingest import Ingest
+from karma.core.series import Series
 from karma.core.store import Store
 from karma.protocol import requests as r
 from karma.protocol.optable import ALL_CLASSES
@@ -140,12 +141,18 @@ class Engine:
         self.counters.batch_write_count += 1
         self.counters.batch_write_item_count += size
 
-    def idempotency_document(self) -> tuple[bytes, int, int]:
-        """`karma.idempotency.json`: records and committed streams, with their counts."""
+    def idempotency_document(
+        self, encode_series: Callable[[Series], bytes]
+    ) -> tuple[bytes, int, int]:
+        """`karma.idempotency.json`: records, committed and open streams, with their counts."""
         records = self.idempotency.documents()
         streams = self.ingest.committed_documents()
-        body = _json({"records": records, "committed_streams": streams}) + b"\n"
-        return body, len(records), len(streams)
+        document = {
+            "records": records,
+            "committed_streams": streams,
+            "open_streams": self.ingest.open_documents(encode_series),
+        }
+        return _json(document) + b"\n", len(records), len(streams)
 
     # --- reads -------------------------------------------------------------------------------
     def read(self, request: r.Request, budget: AnyBudget) -> object:

@@ -37,15 +37,15 @@ class Canon:
     def items(self, items: Iterable[Item]) -> Canon:
         listed = list(items)
         self.count("items_count", len(listed))
-        for key, bucket, value in listed:
-            self.unsigned("item_key", key).unsigned("item_bucket", bucket)
-            self.unsigned("item_value", value)
+        # one f-string per item: this runs for every item of every keyed batch and chunk
+        self.parts.append(
+            "".join(f"item_key:u:{k}\nitem_bucket:u:{b}\nitem_value:u:{v}\n" for k, b, v in listed)
+        )
         return self
 
     def keys(self, keys: list[int]) -> Canon:
         self.count("keys_count", len(keys))
-        for key in keys:
-            self.unsigned("key_value", key)
+        self.parts.append("".join(f"key_value:u:{key}\n" for key in keys))
         return self
 
     def digest(self) -> str:

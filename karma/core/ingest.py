@@ -12,6 +12,8 @@ nothing, so it is not logged); `apply_*` are total, as everywhere in the core.
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
@@ -255,6 +257,47 @@ class Ingest:
     # --- persistence ---------------------------------------------------------------------------
     def committed_documents(self) -> list[dict[str, Any]]:
         return [done.document() for done in self.committed.values()]
+
+    def open_documents(self, encode: Callable[[Series], bytes]) -> list[dict[str, Any]]:
+        """Open streams, so a snapshot (which truncates the WAL) does not lose them.
+
+        karma 1.0 lost every open stream at the next snapshot; it ignores this extra key.
+        """
+        out = []
+        for stream in self.active.values():
+            staged = None
+            if stream.staged is not None:
+                staged = base64.b64encode(encode(stream.staged)).decode()
+            out.append(
+                {
+                    "stream_id": stream.stream_id,
+                    "mode": stream.mode,
+                    "granularity": stream.granularity,
+                    "series_name": stream.series,
+                    "last_chunk_seq": stream.last_chunk_seq,
+                    "begin_fingerprint": stream.begin_fingerprint,
+                    "chunk_fingerprints": {str(k): v for k, v in stream.chunk_fingerprints.items()},
+                    "staged": staged,
+                }
+            )
+        return out
+
+    def load_open(self, documents: list[Any], decode: Callable[[bytes], Series]) -> None:
+        for doc in documents:
+            if not isinstance(doc, dict) or "stream_id" not in doc:
+                continue
+            staged = doc.get("staged")
+            stream = Stream(
+                str(doc["stream_id"]),
+                str(doc.get("mode", "")),
+                doc.get("granularity"),
+                str(doc.get("begin_fingerprint", "")),
+                doc.get("series_name"),
+                int(doc.get("last_chunk_seq", 0)),
+                {int(k): str(v) for k, v in (doc.get("chunk_fingerprints") or {}).items()},
+                None if staged is None else decode(base64.b64decode(staged)),
+            )
+            self.active[stream.stream_id] = stream
 
     def load_committed(self, documents: list[Any]) -> None:
         for doc in documents:

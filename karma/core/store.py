@@ -166,16 +166,18 @@ def _check_increment(store: Store, mut: m.Increment) -> None:
 
 
 def _check_batch_add(store: Store, mut: m.BatchAdd) -> None:
+    """All-or-nothing: refuse the batch if any key's total would pass 2^64-1.
+
+    A bucket never holds more than its key's total, so checking totals covers buckets too.
+    """
     series = store.series.get(mut.series)
-    added: dict[tuple[int, int], int] = {}
-    totals: dict[int, int] = {}
-    for key, bucket, value in mut.items:
+    added: dict[int, int] = {}
+    for key, _, value in mut.items:
+        added[key] = added.get(key, 0) + value
+    for key, amount in added.items():
         counter = series.get(key) if series is not None else None
-        base_bucket = counter.table.get(bucket, 0) if counter is not None else 0
-        base_total = counter.total if counter is not None else 0
-        added[key, bucket] = added.get((key, bucket), 0) + value
-        totals[key] = totals.get(key, 0) + value
-        if base_bucket + added[key, bucket] > U64_MAX or base_total + totals[key] > U64_MAX:
+        if (counter.total if counter is not None else 0) + amount > U64_MAX:
+            bucket = next(b for k, b, _ in reversed(mut.items) if k == key)
             raise KarmaError.validation(f"Counter overflow in batch item key={key} bucket={bucket}")
 
 

@@ -50,7 +50,7 @@ class Snapshotter:
             lsn=self.status.wal_current_lsn,
             timestamp=int(time.time()),
             series={name: snapshot_codec.encode_series(store.series[name]) for name in chosen},
-            idempotency=self.engine.idempotency_document(),
+            idempotency=self.engine.idempotency_document(snapshot_codec.encode_series),
         )
 
     async def create_all(self, reason: str) -> None:

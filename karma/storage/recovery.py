@@ -114,6 +114,7 @@ def _load_idempotency(directory: Path, engine: Engine) -> int:
         raise RestoreError(f"{path}: not an idempotency snapshot")
     engine.idempotency.load(document.get("records") or [])
     engine.ingest.load_committed(document.get("committed_streams") or [])
+    engine.ingest.load_open(document.get("open_streams") or [], snapshot_codec.decode_series)
     return int(meta.get("last_lsn", 0)) if isinstance(meta, dict) else 0
 
 

@@ -29,8 +29,9 @@ class Proc:
         self.log_path = directory.parent / f"{directory.name}-server.log"
         self._log: BinaryIO | None = None
 
-    def start(self, *extra: str, wait: bool = True) -> Proc:
-        self.port = free_port()
+    def start(self, *extra: str, wait: bool = True, same_port: bool = False) -> Proc:
+        if not (same_port and self.port):
+            self.port = free_port()
         args = [
             sys.executable,
             "-m",
