@@ -6,6 +6,7 @@ the client is not the bottleneck. Prints a table and writes JSON to benchmarks/r
     .venv/bin/python benchmarks/bench.py                 # full matrix
     .venv/bin/python benchmarks/bench.py --quick         # fewer requests
     .venv/bin/python benchmarks/bench.py --only wal-off,baseline
+    .venv/bin/python benchmarks/bench.py --only wal-on,wal-on+scrape      # metrics overhead
 
 Numbers from one machine vary run to run: compare columns of the same run, not runs.
 """
@@ -22,7 +23,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +46,25 @@ SERVERS: dict[str, list[str]] = {
     "wal-off": ["--wal=false"],
     "wal-on": ["--wal=true", "--wal-fsync=false"],
     "wal-fsync": ["--wal=true", "--wal-fsync=true"],
+    # the same as wal-on, with a Prometheus-like scraper on /metrics every 100 ms
+    "wal-on+scrape": ["--wal=true", "--wal-fsync=false"],
 }
+DEFAULT_SERVERS = ["baseline", "wal-off", "wal-on", "wal-fsync"]
+
+
+class Scraper(threading.Thread):
+    def __init__(self, port: int, interval: float = 0.1) -> None:
+        super().__init__(daemon=True)
+        self.port, self.interval, self.scrapes = port, interval, 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5):
+                    self.scrapes += 1
+            except OSError:
+                pass
 
 
 def workloads(single: int, batches: int) -> list[tuple[str, list[str]]]:
@@ -97,16 +118,24 @@ def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
 
 
 def run_server(name: str, kbench: Path, single: int, batches: int) -> list[dict[str, object]]:
+    name = name.split("#")[0]
     port = free_port()
     directory = Path(tempfile.mkdtemp(prefix=f"kbench-{name}-"))
     if name == "baseline":
         command = [sys.executable, str(SHARED_BENCH / "trio_min.py"), str(port)]
     else:
         command = [*KARMA, *COMMON, f"--port={port}", f"--directory={directory}", *SERVERS[name]]
+    scraper = None
+    if name.endswith("+scrape"):
+        metrics_port = free_port()
+        command.append(f"--metrics-port={metrics_port}")
+        scraper = Scraper(metrics_port)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows: list[dict[str, object]] = []
     try:
         wait_listening(port, process)
+        if scraper is not None:
+            scraper.start()
         for workload, args in workloads(single, batches):
             done = subprocess.run(
                 [str(kbench), f"--port={port}", *args],
@@ -121,6 +150,8 @@ def run_server(name: str, kbench: Path, single: int, batches: int) -> list[dict[
                 result = {"error": done.stderr.strip()[-200:]}
             rows.append({"server": name, "workload": workload, **result})
     finally:
+        if scraper is not None:
+            scraper.stop.set()
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=30)
@@ -168,12 +199,17 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated servers to run")
     args = parser.parse_args()
     single, batches = (3000, 40) if args.quick else (10000, 100)
-    servers = [s for s in SERVERS if not args.only or s in args.only.split(",")]
+    servers = args.only.split(",") if args.only else DEFAULT_SERVERS
     kbench = build_kbench()
     rows: list[dict[str, object]] = []
+    labels: list[str] = []
+    seen: dict[str, int] = {}
     for server in servers:
-        rows += run_server(server, kbench, single, batches)
-    print_table(rows, servers)
+        seen[server] = seen.get(server, 0) + 1
+        label = server if seen[server] == 1 else f"{server}#{seen[server]}"
+        labels.append(label)
+        rows.extend({**row, "server": label} for row in run_server(server, kbench, single, batches))
+    print_table(rows, labels)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = RESULTS / f"bench-{stamp}.json"

@@ -2,7 +2,40 @@
 
 from __future__ import annotations
 
+import bisect
+from typing import Final
+
 import attrs
+
+#: Upper bounds, in seconds, of the command latency histogram's buckets (Prometheus base units).
+LATENCY_BUCKETS_S: Final = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+
+
+@attrs.define(eq=False, slots=True)
+class Histogram:
+    """Cumulative-at-scrape histogram: one plain int per bucket, bumped per command."""
+
+    counts: list[int] = attrs.field(factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
+    total_s: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        self.total_s += seconds
 
 
 @attrs.define(eq=False)
@@ -32,7 +65,14 @@ class Counters:
     def latency_ms_avg(self) -> float:
         return self.latency_ms_total / self.command_count if self.command_count else 0.0
 
-    def record(self, elapsed_ms: float, *, failed: bool) -> None:
+    latency_by_op: dict[str, Histogram] = attrs.field(factory=dict)
+
+    def record(self, elapsed_ms: float, *, failed: bool, op: str = "") -> None:
+        if op:
+            histogram = self.latency_by_op.get(op)
+            if histogram is None:
+                histogram = self.latency_by_op[op] = Histogram()
+            histogram.observe(elapsed_ms / 1000)
         self.command_count += 1
         self.latency_ms_total += elapsed_ms
         self.latency_ms_last = elapsed_ms

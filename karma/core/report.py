@@ -347,25 +347,3 @@ METRICS: Final[tuple[tuple[str, str, str, str], ...]] = (
         "replication_last_bootstrap_error_unix",
     ),
 )
-
-
-def metrics_text(values: dict[str, object]) -> str:
-    """Prometheus text exposition of `stats` values under karma 1.0's metric names."""
-    lines: list[str] = []
-    for name, kind, help_text, field in METRICS:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
-        if field == "role":
-            lines.append(f'{name}{{role="{values["role"]}"}} 1')
-            continue
-        value = values.get(field, 0)
-        lines.append(f"{name} {_number(value)}")
-    return "\n".join(lines) + "\n"
-
-
-def _number(value: object) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int | float):
-        return str(value)
-    return "0"

@@ -122,3 +122,5 @@ def _build() -> dict[type[r.Request], OpSpec]:
 SPEC_BY_CLASS: Final[dict[type[r.Request], OpSpec]] = _build()
 #: wire op tag → request class.
 CLASS_BY_TAG: Final[dict[str, type[r.Request]]] = {r.op_tag(cls): cls for cls in ALL_CLASSES}
+#: request class → wire op tag (metrics label per op; aliases keep their own name).
+TAG_BY_CLASS: Final[dict[type[r.Request], str]] = {cls: tag for tag, cls in CLASS_BY_TAG.items()}

@@ -27,8 +27,11 @@ from karma.core.counters import NodeStatus
 from karma.core.engine import Engine
 from karma.core.idempotency import IdempotencyTable
 from karma.errors import KarmaError
+from karma.observability import metrics
 from karma.observability.logs import Logger
+from karma.server import systemd
 from karma.server.connections import Drain, serve_connection
+from karma.server.metrics_http import serve_metrics
 from karma.server.node import Node
 from karma.server.snapshotter import Snapshotter
 from karma.server.wal_writer import WalWriter
@@ -122,6 +125,11 @@ async def serve(
             if writer is not None:
                 await services.start(writer.run)
             services.start_soon(_watch_signals, shutdown, snapshots, log)
+            if config.metrics_port:
+                registry = metrics.full_registry(node.stats_values, engine.counters)
+                await services.start(
+                    serve_metrics, registry, config.metrics_bind, config.metrics_port, log
+                )
             if config.snapshot_interval_seconds:
                 services.start_soon(snapshots.serve_interval, config.snapshot_interval_seconds)
             async with trio.open_nursery() as connections:
@@ -146,7 +154,9 @@ async def serve(
                         lsn=status.wal_current_lsn,
                     )
                     task_status.started(listeners)
+                    systemd.notify("READY=1")
                     await shutdown.wait()
+                    systemd.notify("STOPPING=1")
                     log.info("server.stopping", open_connections=len(connections.child_tasks))
                     accepting.cancel_scope.cancel()
                 drain.close_idle()  # requests in progress finish; idle clients go now

@@ -18,6 +18,7 @@ from typing import Any, Final
 import attrs
 import msgspec
 import trio
+from prometheus_client import CollectorRegistry
 
 from karma import days
 from karma.config import Config, Role
@@ -27,6 +28,7 @@ from karma.core.budget import AnyBudget, Budget, Unlimited
 from karma.core.counters import NodeStatus
 from karma.core.engine import ENGINE_READS, WRITES, Engine, Immediate
 from karma.errors import ErrorCode, KarmaError
+from karma.observability import metrics
 from karma.observability.logs import Logger
 from karma.protocol import envelope, optable
 from karma.protocol import requests as r
@@ -44,11 +46,12 @@ class Waiting:
     node: Node
     pending: Pending
     started: float
+    request: r.Request
 
     def answer(self) -> bytes:
         pending = self.pending
         failed = pending.error is not None
-        self.node.record(self.started, failed=failed)
+        self.node.record(self.started, failed=failed, request=self.request)
         if pending.error is not None:
             return envelope.encode_error(pending.error)
         return envelope.encode_ok_checked(pending.response, self.node.config.max_response_bytes)
@@ -66,9 +69,11 @@ class Node:
     gate: Gate = attrs.field(init=False)
     directory: Path = attrs.field(init=False)
     _inflight: dict[str, trio.Event] = attrs.field(init=False, factory=dict)
+    karma_metrics: CollectorRegistry = attrs.field(init=False)
     _files: trio.CapacityLimiter = attrs.field(init=False, factory=lambda: trio.CapacityLimiter(2))
 
     def __attrs_post_init__(self) -> None:
+        self.karma_metrics = metrics.karma_registry(self.stats_values)
         self.gate = Gate(
             self.config.auth_token,
             self.config.read_auth_token,
@@ -106,10 +111,10 @@ class Node:
                 return self._write(request, started)
             answer = self._read(request)
         except KarmaError as exc:
-            return self._refuse(exc, started)
+            return self._refuse(exc, started, request)
         except Exception as exc:  # noqa: BLE001 - a bug: logged below, answered, server keeps serving
             return self._bug(exc, request, started)
-        self.record(started, failed=False)
+        self.record(started, failed=False, request=request)
         return envelope.encode_ok_checked(answer, self.config.max_response_bytes)
 
     async def handle_async(self, request: r.Request) -> bytes:
@@ -123,10 +128,10 @@ class Node:
             else:
                 response = await _lookup(_ASYNC, cls)(self, request)
         except KarmaError as exc:
-            return self._refuse(exc, started)
+            return self._refuse(exc, started, request)
         except Exception as exc:  # noqa: BLE001 - a bug: logged below, answered, server keeps serving
             return self._bug(exc, request, started)
-        self.record(started, failed=False)
+        self.record(started, failed=False, request=request)
         return envelope.encode_ok_checked(response, self.config.max_response_bytes)
 
     def handle_line(self, line: bytes) -> bytes | Waiting:
@@ -134,18 +139,20 @@ class Node:
         return request if isinstance(request, bytes) else self.handle(request)
 
     # --- bookkeeping ---------------------------------------------------------------------------
-    def record(self, started: float, *, failed: bool) -> None:
-        self.engine.counters.record((time.perf_counter() - started) * 1000, failed=failed)
+    def record(self, started: float, *, failed: bool, request: r.Request | None = None) -> None:
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        op = "" if request is None else optable.TAG_BY_CLASS[type(request)]
+        self.engine.counters.record(elapsed_ms, failed=failed, op=op)
 
-    def _refuse(self, exc: KarmaError, started: float) -> bytes:
+    def _refuse(self, exc: KarmaError, started: float, request: r.Request) -> bytes:
         if exc.code is ErrorCode.QUERY_TIMEOUT:
             self.engine.counters.query_timeout_count += 1
-        self.record(started, failed=True)
+        self.record(started, failed=True, request=request)
         return envelope.encode_error(exc)
 
     def _bug(self, exc: Exception, request: r.Request, started: float) -> bytes:
         self.log.error("internal_error", error=repr(exc), op=r.op_tag(type(request)))
-        self.record(started, failed=True)
+        self.record(started, failed=True, request=request)
         return envelope.encode_error(KarmaError.internal())
 
     # --- writes --------------------------------------------------------------------------------
@@ -156,13 +163,13 @@ class Node:
     def _write(self, request: r.Request, started: float) -> bytes | Waiting:
         mutation = self._mutation(request)
         if isinstance(mutation, Immediate):
-            self.record(started, failed=False)
+            self.record(started, failed=False, request=request)
             return envelope.encode_ok_checked(mutation.response, self.config.max_response_bytes)
         if self.writer is None:
             response = self.engine.apply(mutation)
-            self.record(started, failed=False)
+            self.record(started, failed=False, request=request)
             return envelope.encode_ok_checked(response, self.config.max_response_bytes)
-        return Waiting(self, self.writer.submit_nowait(mutation), started)
+        return Waiting(self, self.writer.submit_nowait(mutation), started, request)
 
     async def _commit(self, mutation: m.Mutation) -> object:
         """Log and apply one mutation, waiting for it; raises its error."""
@@ -201,7 +208,7 @@ class Node:
                 )
             saved = self.engine.idempotency.lookup(key, fingerprint)
             if saved is not None:
-                self.record(started, failed=False)
+                self.record(started, failed=False, request=request)
                 return envelope.encode_idempotent(saved.response, replayed=True)
             busy = self._inflight.get(key)
             if busy is None:
@@ -214,7 +221,7 @@ class Node:
         finally:
             del self._inflight[key]
             done.set()
-        self.record(started, failed=False)
+        self.record(started, failed=False, request=request)
         return envelope.encode_idempotent(response, replayed=False)
 
     # --- reads ---------------------------------------------------------------------------------
@@ -236,9 +243,9 @@ class Node:
         return report.health(self.status, time.time())
 
     def stats(self, req: r.Stats) -> object:
-        return self._stats()
+        return self.stats_values()
 
-    def _stats(self) -> dict[str, object]:
+    def stats_values(self) -> dict[str, object]:
         values = report.stats(self.engine, self.status, time.time(), _memory_bytes())
         values["recovery_checkpoint_count"] = len(self.checkpoints)
         values["recovery_last_checkpoint_unix"] = max(
@@ -247,7 +254,7 @@ class Node:
         return values
 
     def metrics(self, req: r.Metrics) -> object:
-        return report.metrics_text(self._stats())
+        return metrics.exposition(self.karma_metrics).decode()
 
     def reconciliation_report(self, req: r.ReconciliationReport) -> object:
         c = self.engine.counters

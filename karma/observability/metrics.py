@@ -1,0 +1,90 @@
+"""Prometheus exposition through prometheus-client, read from plain counters at scrape time.
+
+The hot path only bumps integers (core/counters.py); this collector turns them into metric
+families when somebody asks: `system.metrics` over the protocol (karma 1.0's names, exactly) and
+`GET /metrics` on `--metrics-port` (the same, plus per-op latency histograms).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from karma.core.counters import LATENCY_BUCKETS_S, Counters
+from karma.core.report import METRICS
+
+Stats = Callable[[], dict[str, object]]
+
+
+class KarmaCollector(Collector):
+    """karma 1.0's metric families, from a fresh `system.stats` snapshot."""
+
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        values = self.stats()
+        for name, kind, help_text, field in METRICS:
+            if field == "role":
+                role = GaugeMetricFamily(name, help_text, labels=["role"])
+                role.add_metric([str(values["role"])], 1)
+                yield role
+            elif kind == "counter":
+                yield CounterMetricFamily(
+                    name.removesuffix("_total"), help_text, value=_number(values.get(field))
+                )
+            else:
+                yield GaugeMetricFamily(name, help_text, value=_number(values.get(field)))
+
+
+class LatencyCollector(Collector):
+    """`karma_command_duration_seconds{op=…}` histograms."""
+
+    def __init__(self, counters: Counters) -> None:
+        self.counters = counters
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(
+            "karma_command_duration_seconds",
+            "Command latency by op, including WAL waits",
+            labels=["op"],
+        )
+        for op, histogram in sorted(self.counters.latency_by_op.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip(
+                (*LATENCY_BUCKETS_S, float("inf")), histogram.counts, strict=True
+            ):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            family.add_metric([op], buckets, histogram.total_s)
+        yield family
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+def karma_registry(stats: Stats) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(KarmaCollector(stats))
+    return registry
+
+
+def full_registry(stats: Stats, counters: Counters) -> CollectorRegistry:
+    registry = karma_registry(stats)
+    registry.register(LatencyCollector(counters))
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
