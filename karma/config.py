@@ -233,7 +233,6 @@ OPTIONS: Final[tuple[Option, ...]] = (
         5,
         parse_count,
         "Snapshots kept per series after snapshot.create_all; 0 keeps all.",
-        "issue 3",
     ),
     Option(
         "--snapshot-interval-seconds",
@@ -241,7 +240,6 @@ OPTIONS: Final[tuple[Option, ...]] = (
         0.0,
         parse_seconds,
         "Take snapshot.create_all periodically; 0 disables.",
-        "issue 3",
     ),
     Option(
         "--idempotency-max-records",
@@ -249,7 +247,6 @@ OPTIONS: Final[tuple[Option, ...]] = (
         1000000,
         parse_count,
         "Most idempotency records remembered.",
-        "issue 4",
     ),
     Option(
         "--idempotency-max-age-seconds",
@@ -257,7 +254,6 @@ OPTIONS: Final[tuple[Option, ...]] = (
         604800,
         parse_count,
         "Oldest idempotency record kept; 0 disables age pruning.",
-        "issue 4",
     ),
     Option(
         "--replication-source-host",
@@ -305,7 +301,6 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "127.0.0.1",
         parse_text,
         "Address of the Prometheus /metrics endpoint.",
-        "issue 5",
     ),
     Option(
         "--metrics-port",
@@ -313,7 +308,6 @@ OPTIONS: Final[tuple[Option, ...]] = (
         0,
         parse_port,
         "Port of the Prometheus /metrics endpoint; 0 disables it.",
-        "issue 5",
     ),
     Option("--log", "KARMA_LOG", True, parse_bool, "Write structured JSON logs to stderr."),
     Option(

@@ -66,6 +66,26 @@ class Counters:
         return self.latency_ms_total / self.command_count if self.command_count else 0.0
 
     latency_by_op: dict[str, Histogram] = attrs.field(factory=dict)
+    ingest_latency_ms_last: float = 0.0
+    ingest_latency_ms_total: float = 0.0
+    ingest_events: int = 0
+    idempotency_latency_ms_last: float = 0.0
+    idempotency_latency_ms_total: float = 0.0
+    idempotency_events: int = 0
+
+    def record_ingest(self, elapsed_ms: float) -> None:
+        self.ingest_latency_ms_last = elapsed_ms
+        self.ingest_latency_ms_total += elapsed_ms
+        self.ingest_events += 1
+
+    def record_idempotent_write(self, elapsed_ms: float) -> None:
+        self.idempotency_latency_ms_last = elapsed_ms
+        self.idempotency_latency_ms_total += elapsed_ms
+        self.idempotency_events += 1
+
+    @staticmethod
+    def average(total: float, count: int) -> float:
+        return round(total / count, 4) if count else 0.0
 
     def record(self, elapsed_ms: float, *, failed: bool, op: str = "") -> None:
         if op:

@@ -83,15 +83,17 @@ def stats(engine: Engine, status: NodeStatus, now: float, memory_bytes: int) -> 
             "ingest_chunks_skipped": ingest.chunks_skipped,
             "ingest_chunks_rejected": ingest.chunks_rejected,
             "ingest_items_applied": ingest.items_applied,
-            "ingest_latency_ms_last": 0.0,
-            "ingest_latency_ms_avg": 0.0,
+            "ingest_latency_ms_last": round(c.ingest_latency_ms_last, 4),
+            "ingest_latency_ms_avg": c.average(c.ingest_latency_ms_total, c.ingest_events),
             "idempotency_record_count": len(idem.records),
             "idempotency_hits": idem.hits,
             "idempotency_conflicts": idem.conflicts,
             "idempotency_pruned": idem.pruned,
             "idempotency_write_count": idem.writes,
-            "idempotency_write_latency_ms_last": 0.0,
-            "idempotency_write_latency_ms_avg": 0.0,
+            "idempotency_write_latency_ms_last": round(c.idempotency_latency_ms_last, 4),
+            "idempotency_write_latency_ms_avg": c.average(
+                c.idempotency_latency_ms_total, c.idempotency_events
+            ),
             "idempotency_committed_stream_count": len(ingest.committed),
         }
     )

@@ -143,6 +143,8 @@ class Node:
         elapsed_ms = (time.perf_counter() - started) * 1000
         op = "" if request is None else optable.TAG_BY_CLASS[type(request)]
         self.engine.counters.record(elapsed_ms, failed=failed, op=op)
+        if op.startswith("ingest."):
+            self.engine.counters.record_ingest(elapsed_ms)
 
     def _refuse(self, exc: KarmaError, started: float, request: r.Request) -> bytes:
         if exc.code is ErrorCode.QUERY_TIMEOUT:
@@ -222,6 +224,7 @@ class Node:
             del self._inflight[key]
             done.set()
         self.record(started, failed=False, request=request)
+        self.engine.counters.record_idempotent_write((time.perf_counter() - started) * 1000)
         return envelope.encode_idempotent(response, replayed=False)
 
     # --- reads ---------------------------------------------------------------------------------

@@ -101,9 +101,11 @@ class WalWriter:
         data = b"".join(parts)
         try:
             if self.wal.fsync:
-                await trio.to_thread.run_sync(self.wal.append, data, starts, limiter=self._disk)
+                rotated = await trio.to_thread.run_sync(
+                    self.wal.append, data, starts, limiter=self._disk
+                )
             else:
-                self.wal.append(data, starts)  # page-cache write: microseconds, no thread needed
+                rotated = self.wal.append(data, starts)  # page cache: microseconds, no thread
         except OSError as exc:
             self.log.error("wal.write_failed", error=str(exc), records=len(batch))
             failure = KarmaError(
@@ -113,6 +115,8 @@ class WalWriter:
                 pending.error = failure
                 pending.done.set()
             return
+        if rotated is not None:
+            self.log.info("wal.rotate", segment=rotated, first_lsn_after=first)
         self.status.wal_current_lsn = first + len(batch) - 1
         self.status.wal_bytes = self.wal.total_bytes
         self.batches += 1

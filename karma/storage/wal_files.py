@@ -131,10 +131,14 @@ class ActiveWal:
     def total_bytes(self) -> int:
         return self.size + self.other_bytes
 
-    def append(self, data: bytes, line_starts: list[tuple[int, int]]) -> None:
-        """Write a batch in one call; fsync when configured. On failure the file is cut back."""
+    def append(self, data: bytes, line_starts: list[tuple[int, int]]) -> str | None:
+        """Write a batch in one call; fsync when configured. On failure the file is cut back.
+
+        Returns the name of the segment the active file was rotated into first, if it was.
+        """
+        rotated = None
         if self.segment_bytes and self.size >= self.segment_bytes and self.offsets:
-            self._rotate()
+            rotated = self._rotate()
         before = self.size
         try:
             written = os.write(self._handle, data)
@@ -148,8 +152,9 @@ class ActiveWal:
             raise
         self.offsets.extend((lsn, before + start) for lsn, start in line_starts)
         self.size = before + len(data)
+        return rotated
 
-    def _rotate(self) -> None:
+    def _rotate(self) -> str:
         first_lsn = self.offsets[0][0]
         target = self.directory / segment_name(first_lsn)
         if target.exists():
@@ -164,6 +169,7 @@ class ActiveWal:
         )
         self.size = 0
         self.offsets = []
+        return target.name
 
     def truncate_through(self, lsn: int, current_lsn: int) -> None:
         """Drop every record with an LSN <= `lsn` (they are in a durable snapshot).

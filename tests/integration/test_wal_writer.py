@@ -22,11 +22,11 @@ class FullDisk(wal_files.ActiveWal):
 
     failures: int = 0
 
-    def append(self, data: bytes, line_starts: list[tuple[int, int]]) -> None:
+    def append(self, data: bytes, line_starts: list[tuple[int, int]]) -> str | None:
         if self.failures:
             self.failures -= 1
             raise OSError(errno.ENOSPC, "No space left on device")
-        super().append(data, line_starts)
+        return super().append(data, line_starts)
 
 
 def inc(value: int) -> m.Increment:
