@@ -147,11 +147,10 @@ class Engine:
         """`karma.idempotency.json`: records, committed and open streams, with their counts."""
         records = self.idempotency.documents()
         streams = self.ingest.committed_documents()
-        document = {
-            "records": records,
-            "committed_streams": streams,
-            "open_streams": self.ingest.open_documents(encode_series),
-        }
+        document: dict[str, object] = {"records": records, "committed_streams": streams}
+        open_streams = self.ingest.open_documents(encode_series)
+        if open_streams:  # an extra key karma 1.0 ignores; absent when empty, as karma writes it
+            document["open_streams"] = open_streams
         return _json(document) + b"\n", len(records), len(streams)
 
     # --- reads -------------------------------------------------------------------------------
