@@ -104,6 +104,8 @@ class Counters:
 class NodeStatus:
     """What the shell knows about the node, kept current so a stats read does no I/O."""
 
+    replication: ReplicationState = attrs.field(factory=lambda: ReplicationState())
+
     role: str = "master"
     wal_enabled: bool = True
     started_at: float = 0.0
@@ -111,3 +113,49 @@ class NodeStatus:
     wal_current_lsn: int = 0
     dump_count: int = 0
     last_snapshot_lsn: int = 0
+
+
+@attrs.define(eq=False)
+class ReplicationState:
+    """A replica's view of its master, for replication.status, stats and metrics."""
+
+    source_lsn: int = 0
+    entries_applied: int = 0
+    last_received_unix: int = 0
+    poll_attempt_count: int = 0
+    poll_success_count: int = 0
+    poll_error_count: int = 0
+    last_poll_attempt_unix: int = 0
+    last_poll_success_unix: int = 0
+    last_poll_error_unix: int = 0
+    last_poll_error: str | None = None
+    bootstrap_attempt_count: int = 0
+    bootstrap_success_count: int = 0
+    bootstrap_error_count: int = 0
+    last_bootstrap_attempt_unix: int = 0
+    last_bootstrap_success_unix: int = 0
+    last_bootstrap_error_unix: int = 0
+    last_bootstrap_error: str | None = None
+
+    def fields(self, replayed_lsn: int) -> list[tuple[str, object]]:
+        """karma 1.0's replication fields, in its order."""
+        return [
+            ("replication_replayed_lsn", replayed_lsn),
+            ("replication_lag_entries", max(0, self.source_lsn - replayed_lsn)),
+            ("replication_entries_applied", self.entries_applied),
+            ("replication_last_received_unix", self.last_received_unix),
+            ("replication_poll_attempt_count", self.poll_attempt_count),
+            ("replication_poll_success_count", self.poll_success_count),
+            ("replication_poll_error_count", self.poll_error_count),
+            ("replication_last_poll_attempt_unix", self.last_poll_attempt_unix),
+            ("replication_last_poll_success_unix", self.last_poll_success_unix),
+            ("replication_last_poll_error_unix", self.last_poll_error_unix),
+            ("replication_last_poll_error", self.last_poll_error),
+            ("replication_bootstrap_attempt_count", self.bootstrap_attempt_count),
+            ("replication_bootstrap_success_count", self.bootstrap_success_count),
+            ("replication_bootstrap_error_count", self.bootstrap_error_count),
+            ("replication_last_bootstrap_attempt_unix", self.last_bootstrap_attempt_unix),
+            ("replication_last_bootstrap_success_unix", self.last_bootstrap_success_unix),
+            ("replication_last_bootstrap_error_unix", self.last_bootstrap_error_unix),
+            ("replication_last_bootstrap_error", self.last_bootstrap_error),
+        ]

@@ -7,27 +7,10 @@ from typing import Final
 from karma.core.counters import NodeStatus
 from karma.core.engine import Engine
 
-#: Replication fields a master reports as zero/null until issue 7 gives them life.
-REPLICATION_FIELDS: Final[tuple[tuple[str, object], ...]] = (
-    ("replication_replayed_lsn", 0),
-    ("replication_lag_entries", 0),
-    ("replication_entries_applied", 0),
-    ("replication_last_received_unix", 0),
-    ("replication_poll_attempt_count", 0),
-    ("replication_poll_success_count", 0),
-    ("replication_poll_error_count", 0),
-    ("replication_last_poll_attempt_unix", 0),
-    ("replication_last_poll_success_unix", 0),
-    ("replication_last_poll_error_unix", 0),
-    ("replication_last_poll_error", None),
-    ("replication_bootstrap_attempt_count", 0),
-    ("replication_bootstrap_success_count", 0),
-    ("replication_bootstrap_error_count", 0),
-    ("replication_last_bootstrap_attempt_unix", 0),
-    ("replication_last_bootstrap_success_unix", 0),
-    ("replication_last_bootstrap_error_unix", 0),
-    ("replication_last_bootstrap_error", None),
-)
+
+def replayed_lsn(status: NodeStatus) -> int:
+    """A replica's WAL numbers entries as its master did: its LSN is what it has replayed."""
+    return status.wal_current_lsn if status.role == "slave" else 0
 
 
 def health(status: NodeStatus, now: float) -> dict[str, object]:
@@ -52,7 +35,7 @@ def stats(engine: Engine, status: NodeStatus, now: float, memory_bytes: int) -> 
         "wal_bytes": status.wal_bytes,
         "wal_current_lsn": status.wal_current_lsn,
     }
-    answer.update(REPLICATION_FIELDS)
+    answer.update(status.replication.fields(replayed_lsn(status)))
     answer.update(
         {
             "memory_bytes": memory_bytes,

@@ -31,6 +31,7 @@ from karma.observability import metrics
 from karma.observability.logs import Logger
 from karma.server import systemd
 from karma.server.connections import Drain, serve_connection
+from karma.server.follower_task import Follower
 from karma.server.metrics_http import serve_metrics
 from karma.server.node import Node
 from karma.server.snapshotter import Snapshotter
@@ -130,6 +131,9 @@ async def serve(
                 await services.start(
                     serve_metrics, registry, config.metrics_bind, config.metrics_port, log
                 )
+            if config.role is Role.SLAVE and config.replication_source_host:
+                follower = Follower(config, directory, engine, status, writer, log)
+                await services.start(follower.run)
             if config.snapshot_interval_seconds:
                 services.start_soon(snapshots.serve_interval, config.snapshot_interval_seconds)
             async with trio.open_nursery() as connections:
@@ -186,8 +190,6 @@ def _tune_gc() -> None:
 
 async def _final_snapshot(snapshots: Snapshotter, config: Config, log: Logger) -> None:
     """Every connection is gone: snapshot all so the next start need not replay the WAL."""
-    if config.role is Role.SLAVE:
-        return
     try:
         await snapshots.create_all("shutdown")
     except KarmaError as exc:  # the WAL still holds everything: log, and exit as planned

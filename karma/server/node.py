@@ -282,7 +282,7 @@ class Node:
         return {"checkpoint_count": len(chosen), "checkpoints": chosen}
 
     def replication_status(self, req: r.ReplicationStatus) -> object:
-        fields = dict(report.REPLICATION_FIELDS)
+        fields = dict(self.status.replication.fields(report.replayed_lsn(self.status)))
         answer: dict[str, object] = {
             "role": self.status.role,
             "wal_enabled": self.status.wal_enabled,
@@ -432,7 +432,8 @@ class Node:
             if req.after_lsn + 1 < available_from and req.after_lsn < current:
                 raise KarmaError(
                     ErrorCode.REPLICATION_GAP,
-                    f"WAL entries after LSN {req.after_lsn} are no longer available",
+                    f"Requested WAL after_lsn {req.after_lsn} is older than snapshot LSN "
+                    f"{available_from - 1}; bootstrap from snapshot",
                 )
         return {
             "after_lsn": req.after_lsn,

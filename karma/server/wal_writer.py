@@ -29,6 +29,9 @@ class Pending:
     done: trio.Event = attrs.field(factory=trio.Event)
     response: object = None
     error: KarmaError | None = None
+    #: A replica logs some records whose effect its bootstrap snapshots already hold; it
+    #: applies those itself (partially) once they are logged.
+    apply: bool = True
 
 
 @attrs.define(eq=False)
@@ -51,8 +54,8 @@ class WalWriter:
         self._send, self._receive = trio.open_memory_channel[Pending](math.inf)
         self._disk = trio.CapacityLimiter(1)
 
-    def submit_nowait(self, mutation: m.Mutation) -> Pending:
-        pending = Pending(mutation)
+    def submit_nowait(self, mutation: m.Mutation, *, apply: bool = True) -> Pending:
+        pending = Pending(mutation, apply=apply)
         self._send.send_nowait(pending)
         return pending
 
@@ -71,6 +74,13 @@ class WalWriter:
                 # a dequeued batch is finished even at shutdown: its clients are waiting
                 async with self._file_lock:
                     await self._write(batch)
+
+    async def reset_to(self, lsn: int) -> None:
+        """Empty the WAL and continue numbering after `lsn` (a replica's new bootstrap)."""
+        async with self._file_lock:
+            await trio.to_thread.run_sync(self.wal.reset_to, lsn, limiter=self._disk)
+            self.status.wal_current_lsn = lsn
+            self.status.wal_bytes = self.wal.total_bytes
 
     async def truncate_through(self, lsn: int) -> None:
         """Drop WAL records <= lsn, between batches (this task owns the file)."""
@@ -121,6 +131,9 @@ class WalWriter:
         self.status.wal_bytes = self.wal.total_bytes
         self.batches += 1
         for pending in batch:
+            if not pending.apply:
+                pending.done.set()
+                continue
             try:
                 pending.response = self.engine.apply(pending.mutation)
             except KarmaError as exc:  # changed between check and apply: nothing applied

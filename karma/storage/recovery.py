@@ -83,6 +83,18 @@ def restore(
     return Restored(last_lsn, result.records, replayed, checkpoints, max(cuts.values(), default=0))
 
 
+@attrs.frozen
+class Loaded:
+    cuts: dict[str, int]
+    snapshot_state_lsn: int
+
+
+def load_snapshots(directory: Path, engine: Engine, log: Logger) -> Loaded:
+    """Snapshots only (no WAL): what a replica installs after fetching its master's."""
+    cuts = _load_snapshots(directory, engine, log)
+    return Loaded(cuts, _load_idempotency(directory, engine))
+
+
 def _load_snapshots(directory: Path, engine: Engine, log: Logger) -> dict[str, int]:
     cuts: dict[str, int] = {}
     for name, snapshot in sorted(snapshot_files.latest_by_series(directory).items()):

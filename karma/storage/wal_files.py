@@ -212,6 +212,10 @@ class ActiveWal:
         self.size = len(tail)
         self.other_bytes = sum(p.stat().st_size for p in wal_paths(self.directory) if p != active)
 
+    def reset_to(self, lsn: int) -> None:
+        """Drop every record and set the next LSN to lsn + 1 (a replica's new bootstrap)."""
+        self.truncate_through(2**63, lsn)
+
     def close(self) -> None:
         if self._handle >= 0:
             os.close(self._handle)

@@ -1,0 +1,344 @@
+"""A replica's follower: bootstrap from the master's snapshots, then poll its WAL.
+
+The replica's own WAL numbers entries exactly as the master did (it is the only writer on a
+slave, and it logs entries in the master's LSN order), so a restarted replica resumes from its
+own snapshots and WAL, and a promoted one keeps its LSNs. On a gap — the master truncated past
+what the replica has — it bootstraps again by itself (karma 1.0 polled the gap forever).
+Failures back off with jitter and show in replication.status, stats and metrics.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from karma import days
+from karma.config import Config
+from karma.core import mutations as m
+from karma.core.counters import NodeStatus
+from karma.core.engine import Engine
+from karma.errors import ErrorCode, KarmaError
+from karma.observability.logs import Logger
+from karma.protocol.decode import decode
+from karma.protocol.gate import Gate
+from karma.server.wal_writer import Pending, WalWriter
+from karma.storage import recovery, snapshot_codec, snapshot_files
+
+_OPEN = Gate()
+CHUNK = 262_144
+MAX_BACKOFF_S = 30.0
+
+
+class ReplicationError(Exception):
+    """The master could not be reached, refused, or answered something unusable."""
+
+
+class GapError(ReplicationError):
+    """The master no longer has the entries after our LSN: bootstrap again."""
+
+
+@attrs.define(eq=False)
+class MasterLink:
+    """One persistent connection to the master, reopened after any failure."""
+
+    host: str
+    port: int
+    token: str | None
+    timeout_s: float
+    _stream: trio.SocketStream | None = None
+    _buffer: bytes = b""
+
+    async def call(self, op: str, **fields: Any) -> Any:
+        request: dict[str, Any] = {"v": 2, "op": op, **fields}
+        if self.token is not None:
+            request["token"] = self.token
+        try:
+            with trio.fail_after(self.timeout_s):
+                if self._stream is None:
+                    self._stream = await trio.open_tcp_stream(self.host, self.port)
+                    self._buffer = b""
+                await self._stream.send_all(json.dumps(request).encode() + b"\n")
+                line = await self._line()
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+            await self.close()
+            reason = str(exc) or type(exc).__name__
+            raise ReplicationError(f"master {self.host}:{self.port}: {reason}") from exc
+        answer = json.loads(line)
+        if not answer.get("success"):
+            if answer.get("error_code") == ErrorCode.REPLICATION_GAP:
+                raise GapError(str(answer.get("response")))
+            raise ReplicationError(f"Master rejected {op}: {answer.get('response')}")
+        return answer["response"]
+
+    async def _line(self) -> bytes:
+        assert self._stream is not None
+        while b"\n" not in self._buffer:
+            chunk = await self._stream.receive_some(1 << 20)
+            if not chunk:
+                raise OSError("Master closed connection without response")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line
+
+    async def close(self) -> None:
+        if self._stream is not None:
+            with trio.CancelScope(shield=True):
+                await self._stream.aclose()
+            self._stream = None
+
+
+@attrs.define(eq=False)
+class Follower:
+    config: Config
+    directory: Path
+    engine: Engine
+    status: NodeStatus
+    writer: WalWriter | None
+    log: Logger
+    link: MasterLink = attrs.field(init=False)
+    #: per-series snapshot LSNs of the last bootstrap, and the idempotency snapshot's: entries
+    #: up to these are already (partly) in the snapshots
+    cuts: dict[str, int] = attrs.field(factory=dict)
+    state_lsn: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        assert self.config.replication_source_host is not None
+        timeout = self.config.read_timeout or 30.0
+        self.link = MasterLink(
+            self.config.replication_source_host,
+            self.config.replication_source_port,
+            self.config.replication_token,
+            max(timeout, 5.0),
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        interval = self.config.replication_poll_interval_ms / 1000
+        need_bootstrap = self.status.wal_current_lsn == 0 and not self.engine.store.series
+        failures = 0
+        try:
+            while True:
+                try:
+                    if need_bootstrap:
+                        await self.bootstrap()
+                        need_bootstrap = False
+                    full = await self.poll()
+                    failures = 0
+                    if full:
+                        continue  # catching up: ask again at once
+                    await trio.sleep(interval)
+                except GapError as exc:
+                    self.log.warning("replication.gap", error=str(exc))
+                    need_bootstrap = True
+                except (ReplicationError, OSError, ValueError, KeyError, TypeError) as exc:
+                    # a bad answer or a local file problem: visible, retried, never fatal
+                    failures += 1
+                    delay = min(MAX_BACKOFF_S, interval * 2 ** min(failures, 10))
+                    self.log.warning(
+                        "replication.poll_failed", error=str(exc), retry_in_s=round(delay, 2)
+                    )
+                    await trio.sleep(delay * random.uniform(0.5, 1.5))
+        finally:
+            await self.link.close()
+
+    # --- polling -------------------------------------------------------------------------------
+    async def poll(self) -> bool:
+        """Fetch and apply one page of entries; True when the page was full."""
+        state = self.status.replication
+        state.poll_attempt_count += 1
+        state.last_poll_attempt_unix = int(time.time())
+        try:
+            page = await self.link.call(
+                "replication.entries",
+                after_lsn=self.status.wal_current_lsn,
+                limit=self.config.replication_batch_size,
+            )
+            state.source_lsn = max(state.source_lsn, int(page.get("source_lsn") or 0))
+            await self._apply(page.get("entries") or [])
+        except ReplicationError as exc:
+            state.poll_error_count += 1
+            state.last_poll_error_unix = int(time.time())
+            state.last_poll_error = str(exc)
+            raise
+        state.poll_success_count += 1
+        state.last_poll_success_unix = int(time.time())
+        state.last_poll_error = None
+        return int(page.get("count") or 0) >= self.config.replication_batch_size
+
+    async def _apply(self, entries: list[dict[str, Any]]) -> None:
+        last: Pending | None = None
+        overlap = max([self.state_lsn, *self.cuts.values()], default=0)
+        current = self.status.wal_current_lsn  # the LSN of the last entry logged or queued
+        for item in entries:
+            lsn = int(item["lsn"])
+            if lsn <= current:
+                continue
+            if lsn != current + 1:
+                raise GapError(f"Replication gap: expected LSN {current + 1}, got {lsn}")
+            current = lsn
+            now = time.time()
+            try:
+                request = decode(json.dumps(item["entry"]).encode(), _OPEN)
+                mutation = self.engine.normalize(request, days.today_from_unix(now), int(now))
+            except (KarmaError, LookupError) as exc:
+                raise ReplicationError(f"Cannot apply WAL entry {lsn}: {exc}") from exc
+            if lsn <= overlap:
+                # a bootstrap snapshot holds part of this entry: log it, then apply the rest
+                if last is not None:
+                    await last.done.wait()
+                    last = None
+                await self._log_only(mutation, lsn)
+                series = getattr(mutation, "series", None)
+                self.engine.replay(
+                    mutation,
+                    store_effect=lsn > self.cuts.get(str(series), 0),
+                    state_effect=lsn > self.state_lsn,
+                )
+            elif self.writer is None:
+                self._apply_unlogged(mutation, lsn)
+            else:
+                last = self.writer.submit_nowait(mutation)
+            self.status.replication.entries_applied += 1
+            self.status.replication.last_received_unix = int(now)
+        if last is not None:
+            await last.done.wait()
+
+    async def _log_only(self, mutation: m.Mutation, lsn: int) -> None:
+        if self.writer is None:
+            self.status.wal_current_lsn = lsn
+            return
+        pending = self.writer.submit_nowait(mutation, apply=False)
+        await pending.done.wait()
+        if pending.error is not None:
+            raise ReplicationError(f"WAL write failed: {pending.error.message}")
+
+    def _apply_unlogged(self, mutation: m.Mutation, lsn: int) -> None:
+        """--wal=false on a replica: memory only, as on a master without a WAL."""
+        try:
+            self.engine.apply(mutation)
+        except KarmaError as exc:
+            self.log.warning("replication.entry_failed", lsn=lsn, error=exc.message)
+        self.status.wal_current_lsn = lsn
+
+    async def _reset_wal(self, lsn: int) -> None:
+        if self.writer is None:
+            self.status.wal_current_lsn = lsn
+        else:
+            await self.writer.reset_to(lsn)
+
+    # --- bootstrap -----------------------------------------------------------------------------
+    async def bootstrap(self) -> None:
+        state = self.status.replication
+        state.bootstrap_attempt_count += 1
+        state.last_bootstrap_attempt_unix = int(time.time())
+        try:
+            lsn = await self._bootstrap()
+        except ReplicationError as exc:
+            state.bootstrap_error_count += 1
+            state.last_bootstrap_error_unix = int(time.time())
+            state.last_bootstrap_error = str(exc)
+            raise
+        state.bootstrap_success_count += 1
+        state.last_bootstrap_success_unix = int(time.time())
+        state.last_bootstrap_error = None
+        self.log.info("replication.snapshot_bootstrap", last_lsn=lsn, series=len(self.cuts))
+
+    async def _bootstrap(self) -> int:
+        info = await self.link.call("snapshot.info")
+        trees: list[tuple[dict[str, Any], bytes]] = []
+        for meta in info.get("latest_by_tree") or []:
+            data = await self._fetch("snapshot.fetch_chunk", meta, file=meta["file"])
+            trees.append((meta, data))
+        idempotency: tuple[dict[str, Any], bytes] | None = None
+        idem_meta = info.get("idempotency_snapshot")
+        if idem_meta:
+            idempotency = (
+                idem_meta,
+                await self._fetch("idempotency.snapshot_fetch_chunk", idem_meta),
+            )
+        fresh = Engine(
+            idempotency=self.engine.idempotency.__class__(
+                self.engine.idempotency.max_records, self.engine.idempotency.max_age_seconds
+            )
+        )
+        await trio.to_thread.run_sync(self._install, trees, idempotency)
+        restored = await trio.to_thread.run_sync(self._load, fresh)
+        lsn = (
+            min([restored.snapshot_state_lsn, *restored.cuts.values()], default=0)
+            if (restored.cuts or restored.snapshot_state_lsn)
+            else 0
+        )
+        await self._reset_wal(lsn)
+        # the swap: synchronous, so no request sees half of the old and half of the new data
+        self.engine.store.series = fresh.store.series
+        self.engine.idempotency.records = fresh.idempotency.records
+        self.engine.ingest.active = fresh.ingest.active
+        self.engine.ingest.committed = fresh.ingest.committed
+        self.cuts, self.state_lsn = restored.cuts, restored.snapshot_state_lsn
+        self.status.last_snapshot_lsn = max(restored.cuts.values(), default=0)
+        return lsn
+
+    async def _fetch(self, op: str, meta: dict[str, Any], **fields: Any) -> bytes:
+        parts: list[bytes] = []
+        offset = 0
+        while True:
+            chunk = await self.link.call(op, offset=offset, limit=CHUNK, **fields)
+            seen = chunk["metadata"]
+            if (seen.get("file"), seen.get("last_lsn"), seen.get("bytes")) != (
+                meta.get("file"),
+                meta.get("last_lsn"),
+                meta.get("bytes"),
+            ):
+                raise ReplicationError("Snapshot changed during fetch")
+            parts.append(base64.b64decode(chunk["data_base64"]))
+            offset = int(chunk["next_offset"])
+            if chunk["done"]:
+                break
+        data = b"".join(parts)
+        if len(data) != int(meta.get("bytes", len(data))):
+            raise ReplicationError(
+                f"{meta.get('file')}: got {len(data)} bytes, expected {meta.get('bytes')}"
+            )
+        return data
+
+    def _install(
+        self,
+        trees: list[tuple[dict[str, Any], bytes]],
+        idempotency: tuple[dict[str, Any], bytes] | None,
+    ) -> None:
+        """Replace the replica's snapshot files with the master's (blocking; in a thread)."""
+        for old in snapshot_files.list_snapshots(self.directory):
+            snapshot_files.remove(old)
+        for meta, data in trees:
+            snapshot_codec.decode_series(data)  # refuse garbage before it lands on disk
+            snapshot_files.write_snapshot(
+                self.directory,
+                str(meta["tree"]),
+                data,
+                int(meta["timestamp"]),
+                int(meta["last_lsn"]),
+            )
+        if idempotency is not None:
+            meta, data = idempotency
+            document = json.loads(data)
+            records = len(document.get("records") or [])
+            streams = len(document.get("committed_streams") or [])
+            snapshot_files.write_idempotency(
+                self.directory,
+                (data, records, streams),
+                int(meta.get("timestamp", 0)),
+                int(meta.get("last_lsn", 0)),
+            )
+
+    def _load(self, fresh: Engine) -> recovery.Loaded:
+        try:
+            return recovery.load_snapshots(self.directory, fresh, self.log)
+        except recovery.RestoreError as exc:
+            raise ReplicationError(f"bootstrap snapshot unusable: {exc}") from exc
