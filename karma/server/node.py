@@ -418,6 +418,10 @@ class Node:
             "updated_at_unix": checkpoint["updated_at_unix"],
         }
 
+    def _active_index(self) -> list[tuple[int, int]] | None:
+        """A copy of the writer's (lsn, offset) index of karma.wal, taken on the event loop."""
+        return None if self.writer is None else list(self.writer.wal.offsets)
+
     async def replication_entries(self, req: r.ReplicationEntries) -> object:
         limit = r.opt(req.limit) or r.REPLICATION_DEFAULT_LIMIT
         byte_limit = _entries_byte_limit(self.config.max_response_bytes)
@@ -426,7 +430,13 @@ class Node:
         truncated = False
         if self.config.wal:
             entries, truncated, first = await self.in_thread(
-                wal_files.read_after, self.directory, req.after_lsn, limit, byte_limit, current
+                wal_files.read_after,
+                self.directory,
+                req.after_lsn,
+                limit,
+                byte_limit,
+                current,
+                self._active_index(),
             )
             available_from = first if first is not None else current + 1
             if req.after_lsn + 1 < available_from and req.after_lsn < current:

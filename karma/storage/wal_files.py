@@ -6,6 +6,7 @@ Only the WAL writer task appends; readers (replication) scan files up to the dur
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 import re
@@ -244,23 +245,41 @@ def fsync_directory(directory: Path) -> None:
 
 
 def read_after(
-    directory: Path, after_lsn: int, limit: int, byte_limit: int, durable_lsn: int
+    directory: Path,
+    after_lsn: int,
+    limit: int,
+    byte_limit: int,
+    durable_lsn: int,
+    active_index: list[tuple[int, int]] | None = None,
 ) -> tuple[list[tuple[int, bytes]], bool, int | None]:
     """Entries with after_lsn < lsn <= durable_lsn, at most `limit` and about `byte_limit` bytes.
 
-    Returns (entries, truncated_by_bytes, first lsn available or None).
+    Segments wholly at or before `after_lsn` are skipped by name, and in the active file the
+    writer's (lsn, offset) index lets the read start at the first wanted record, so a replica
+    that keeps up reads only what is new. Returns (entries, truncated_by_bytes, first lsn
+    available or None).
     """
     out: list[tuple[int, bytes]] = []
     used = 0
-    first: int | None = None
-    for path in wal_paths(directory):
-        lines, _, _ = wal_codec.parse(path.read_bytes())
-        for line in lines:
-            if line.lsn is None:
+    paths = wal_paths(directory)
+    firsts = [_first_lsn(path) for path in paths]
+    first = next((f for f in firsts if f is not None), None)
+    for index, path in enumerate(paths):
+        following = next((f for f in firsts[index + 1 :] if f is not None), None)
+        if following is not None and following <= after_lsn + 1:
+            continue  # every record here is <= after_lsn
+        start = 0
+        if path.name == ACTIVE and active_index:
+            position = bisect.bisect_right(active_index, (after_lsn, 2**63))
+            if position < len(active_index):
+                start = active_index[position][1]
+            elif active_index[-1][0] <= after_lsn:
                 continue
-            if first is None:
-                first = line.lsn
-            if line.lsn <= after_lsn or line.lsn > durable_lsn:
+        with open(path, "rb") as handle:
+            handle.seek(start)
+            lines, _, _ = wal_codec.parse(handle.read())
+        for line in lines:
+            if line.lsn is None or line.lsn <= after_lsn or line.lsn > durable_lsn:
                 continue
             size = len(line.entry) + len(b'{"lsn":,"entry":}') + len(str(line.lsn))
             if out and used + size > byte_limit:
@@ -270,3 +289,13 @@ def read_after(
             if len(out) >= limit:
                 return out, False, first
     return out, False, first
+
+
+def _first_lsn(path: Path) -> int | None:
+    match = SEGMENT.fullmatch(path.name)
+    if match is not None:
+        return int(match.group(1))
+    with open(path, "rb") as handle:
+        head = handle.readline()
+    lines, _, _ = wal_codec.parse(head)
+    return lines[0].lsn if lines else None
