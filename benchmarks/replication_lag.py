@@ -36,14 +36,29 @@ def main() -> None:
     kbench = build_kbench()
     work = Path(tempfile.mkdtemp(prefix="repl-lag-"))
     master_port, replica_port = free_port(), free_port()
-    common = [sys.executable, "-m", "karma", "--bind=127.0.0.1", "--log=false",
-              "--wal-fsync=false", "--read-timeout=0"]
+    common = [
+        sys.executable,
+        "-m",
+        "karma",
+        "--bind=127.0.0.1",
+        "--log=false",
+        "--wal-fsync=false",
+        "--read-timeout=0",
+    ]
     master = subprocess.Popen([*common, f"--port={master_port}", f"--directory={work / 'm'}"])
     wait_listening(master_port, master)
-    replica = subprocess.Popen([
-        *common, f"--port={replica_port}", f"--directory={work / 's'}", "--role=slave",
-        "--replication-source-host=127.0.0.1", f"--replication-source-port={master_port}",
-        "--replication-poll-interval-ms=100", "--replication-batch-size=5000"])
+    replica = subprocess.Popen(
+        [
+            *common,
+            f"--port={replica_port}",
+            f"--directory={work / 's'}",
+            "--role=slave",
+            "--replication-source-host=127.0.0.1",
+            f"--replication-source-port={master_port}",
+            "--replication-poll-interval-ms=100",
+            "--replication-batch-size=5000",
+        ]
+    )
     wait_listening(replica_port, replica)
     samples: list[int] = []
     stop = threading.Event()
@@ -58,9 +73,19 @@ def main() -> None:
     sampler = threading.Thread(target=sample, daemon=True)
     try:
         sampler.start()
-        done = subprocess.run([str(kbench), f"--port={master_port}", "--op=increment",
-                               "--clients=4", "--requests=25000", "--pipeline=32"],
-                              capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [
+                str(kbench),
+                f"--port={master_port}",
+                "--op=increment",
+                "--clients=4",
+                "--requests=25000",
+                "--pipeline=32",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         load = json.loads(done.stdout.strip().splitlines()[-1])
         stop.set()
         sampler.join()
@@ -75,12 +100,16 @@ def main() -> None:
             proc.terminate()
             proc.wait(timeout=60)
     rate = float(load["ops_per_sec"])
-    steady = samples[len(samples) // 4:] or samples
-    result = {"master_writes_per_s": round(rate), "entries": target,
-              "lag_entries_mean": round(statistics.fmean(steady)),
-              "lag_entries_max": max(steady),
-              "lag_seconds_mean": round(statistics.fmean(steady) / rate, 3),
-              "catch_up_after_stop_s": round(catch_up, 3), "samples": len(samples)}
+    steady = samples[len(samples) // 4 :] or samples
+    result = {
+        "master_writes_per_s": round(rate),
+        "entries": target,
+        "lag_entries_mean": round(statistics.fmean(steady)),
+        "lag_entries_max": max(steady),
+        "lag_seconds_mean": round(statistics.fmean(steady) / rate, 3),
+        "catch_up_after_stop_s": round(catch_up, 3),
+        "samples": len(samples),
+    }
     print(f"{'master writes/s':28}{result['master_writes_per_s']:>12,}")
     print(f"{'replica lag, mean entries':28}{result['lag_entries_mean']:>12,}")
     print(f"{'replica lag, max entries':28}{result['lag_entries_max']:>12,}")

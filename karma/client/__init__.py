@@ -1,0 +1,59 @@
+"""karma-trio's Python client: `Client` (threads) and `AsyncClient` (trio or asyncio).
+
+    from karma.client import Client
+    with Client.from_env() as karma:          # KARMA_URL=karma://token@host:port
+        karma.record_usage("api_requests", 42)
+        karma.usage("api_requests", 42, since=date(2026, 5, 1))
+
+Importing this package never imports or starts the server.
+"""
+
+from karma.client.aio import AsyncClient
+from karma.client.calls import Call, Health, KeysPage, KeyTotal, TopItem, TreeInfo
+from karma.client.errors import (
+    ConnectionFailed,
+    Forbidden,
+    IdempotencyConflict,
+    InternalError,
+    InvalidJson,
+    KarmaError,
+    NotFound,
+    QueryTimeout,
+    ReplicationError,
+    ReplicationGap,
+    RequestTooLarge,
+    ResponseTooLarge,
+    Unauthorized,
+    UnknownCommand,
+    UnsupportedProtocol,
+    ValidationError,
+)
+from karma.client.sync import Client, Pipeline
+
+__all__ = [
+    "AsyncClient",
+    "Call",
+    "Client",
+    "ConnectionFailed",
+    "Forbidden",
+    "Health",
+    "IdempotencyConflict",
+    "InternalError",
+    "InvalidJson",
+    "KarmaError",
+    "KeyTotal",
+    "KeysPage",
+    "NotFound",
+    "Pipeline",
+    "QueryTimeout",
+    "ReplicationError",
+    "ReplicationGap",
+    "RequestTooLarge",
+    "ResponseTooLarge",
+    "TopItem",
+    "TreeInfo",
+    "Unauthorized",
+    "UnknownCommand",
+    "UnsupportedProtocol",
+    "ValidationError",
+]

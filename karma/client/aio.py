@@ -1,0 +1,198 @@
+"""The async client, for trio and asyncio alike (through anyio): the Client API as coroutines."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import anyio
+import anyio.abc
+
+from karma.client import calls
+from karma.client.calls import Call
+from karma.client.errors import ConnectionFailed, KarmaError
+from karma.client.sync import IDLE_CHECK_S, encode_call, parse_url, read_answer
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+class _Connection:
+    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+        self.last_used = time.monotonic()
+
+    async def exchange(self, data: bytes, answers: int) -> list[bytes]:
+        await self.stream.send(data)
+        lines: list[bytes] = []
+        while len(lines) < answers:
+            while b"\n" not in self.buffer:
+                self.buffer += await self.stream.receive(1 << 16)
+            line, self.buffer = self.buffer.split(b"\n", 1)
+            lines.append(line)
+        self.last_used = time.monotonic()
+        return lines
+
+    async def healthy(self) -> bool:
+        """An idle connection the server closed answers a zero-timeout read with EOF."""
+        if time.monotonic() - self.last_used < IDLE_CHECK_S:
+            return True
+        with anyio.move_on_after(0):
+            try:
+                self.buffer += await self.stream.receive(1 << 16)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                return False
+            return False  # unsolicited bytes: the connection is out of step
+        return True
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.stream.aclose()
+
+
+def lift(
+    builder: Callable[P, Call[T]],
+) -> Callable[Concatenate[AsyncClient, P], Coroutine[Any, Any, T]]:
+    """An AsyncClient method from a Call builder: same parameters, awaits the answer."""
+
+    async def method(self: AsyncClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self.run(builder(*args, **kwargs))
+
+    method.__name__ = builder.__name__
+    method.__doc__ = builder.__doc__
+    return method
+
+
+class AsyncClient:
+    """karma-trio from trio or asyncio tasks; the same methods as `Client`, awaited."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        *,
+        token: str | None = None,
+        connect_timeout: float = 1.0,
+        timeout: float = 1.0,
+        pool_size: int = 8,
+        retries: int = 0,
+    ) -> None:
+        self.host, self.port, self.token = host, port, token
+        self.connect_timeout, self.timeout, self.retries = connect_timeout, timeout, retries
+        self._idle: list[_Connection] = []
+        self._slots = anyio.Semaphore(pool_size)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> AsyncClient:
+        return cls(**{**parse_url(url), **options})
+
+    @classmethod
+    def from_env(cls, **options: Any) -> AsyncClient:
+        return cls.from_url(os.environ.get("KARMA_URL", "karma://127.0.0.1:8080"), **options)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            await connection.aclose()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[_Connection]:
+        async with self._slots:
+            connection: _Connection | None = None
+            while connection is None:
+                candidate = self._idle.pop() if self._idle else await self._connect()
+                if await candidate.healthy():
+                    connection = candidate
+                else:
+                    await candidate.aclose()
+            try:
+                yield connection
+            except BaseException:
+                await connection.aclose()
+                raise
+            self._idle.append(connection)
+
+    async def _connect(self) -> _Connection:
+        try:
+            with anyio.fail_after(self.connect_timeout):
+                stream = await anyio.connect_tcp(self.host, self.port)
+        except (OSError, TimeoutError) as exc:
+            raise ConnectionFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+        return _Connection(stream)
+
+    async def exchange(self, data: bytes, answers: int) -> list[bytes]:
+        async with self._connection() as connection:
+            try:
+                with anyio.fail_after(self.timeout):
+                    return await connection.exchange(data, answers)
+            except (OSError, TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+                reason = str(exc) or type(exc).__name__
+                raise ConnectionFailed(f"{self.host}:{self.port}: {reason}") from exc
+
+    async def run(self, call: Call[T], *, retries: int | None = None) -> T:
+        budget = self.retries if retries is None else retries
+        if budget and call.op in calls.KEYED_OPS and "idempotency_key" not in call.fields:
+            call = call.with_key(uuid.uuid4().hex)
+        attempt = 0
+        while True:
+            try:
+                lines = await self.exchange(encode_call(call, self.token), 1)
+                return read_answer(call, lines[0])
+            except KarmaError as exc:
+                if not exc.retriable or attempt >= budget or not call.retry_safe:
+                    raise
+                attempt += 1
+                await anyio.sleep(min(1.0, 0.05 * 2**attempt))
+
+    async def request(self, op: str, **fields: Any) -> Any:
+        return await self.run(calls.simple(op, **fields))
+
+    # --- every op, and the domain verbs: signatures and docs come from karma.client.calls ------
+    ping = lift(calls.ping)
+    health = lift(calls.health)
+    stats = lift(calls.stats)
+    metrics = lift(calls.metrics)
+    increment = lift(calls.increment)
+    decrement = lift(calls.decrement)
+    sum = lift(calls.sum)
+    series = lift(calls.series)
+    batch_sum = lift(calls.batch_sum)
+    multi_sum = lift(calls.multi_sum)
+    batch_add = lift(calls.batch_add)
+    batch_set = lift(calls.batch_set)
+    reset = lift(calls.reset)
+    batch_reset = lift(calls.batch_reset)
+    delete_range = lift(calls.delete_range)
+    batch_delete_range = lift(calls.batch_delete_range)
+    tree_create = lift(calls.tree_create)
+    tree_drop = lift(calls.tree_drop)
+    tree_list = lift(calls.tree_list)
+    tree_info = lift(calls.tree_info)
+    tree_keys = lift(calls.tree_keys)
+    tree_top = lift(calls.tree_top)
+    tree_summary = lift(calls.tree_summary)
+    tree_series = lift(calls.tree_series)
+    delete_before = lift(calls.delete_before)
+    compact = lift(calls.compact)
+    ingest_begin = lift(calls.ingest_begin)
+    ingest_chunk = lift(calls.ingest_chunk)
+    ingest_commit = lift(calls.ingest_commit)
+    ingest_abort = lift(calls.ingest_abort)
+    snapshot_create_all = lift(calls.snapshot_create_all)
+    snapshot_list = lift(calls.snapshot_list)
+    snapshot_info = lift(calls.snapshot_info)
+    snapshot_verify = lift(calls.snapshot_verify)
+    record_usage = lift(calls.record_usage)
+    usage = lift(calls.usage)
+    usages = lift(calls.usages)
