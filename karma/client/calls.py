@@ -100,13 +100,15 @@ class Call(Generic[T]):
     op: str
     fields: dict[str, Any]
     read: Callable[[Any], T]
+    #: the answer when the series does not exist (domain verbs: nothing used yet)
+    if_missing: Callable[[], T] | None = None
 
     @property
     def retry_safe(self) -> bool:
         return self.op in READ_OPS or "idempotency_key" in self.fields
 
     def with_key(self, key: str) -> Call[T]:
-        return Call(self.op, {**self.fields, "idempotency_key": key}, self.read)
+        return attrs.evolve(self, fields={**self.fields, "idempotency_key": key})
 
 
 def day(value: Day) -> int:
@@ -428,11 +430,18 @@ def record_usage(
 def usage(
     limit: str, subject: int, since: Day | None = None, until: Day | None = None
 ) -> Call[int]:
-    """How much of `limit` `subject` used: in total, or from `since` to `until` (today)."""
-    return sum(limit, subject, since=since, until=until)
+    """How much of `limit` `subject` used: in total, or from `since` to `until` (today).
+
+    A limit nothing was recorded for yet has been used 0 times (not an error).
+    """
+    return attrs.evolve(sum(limit, subject, since=since, until=until), if_missing=lambda: 0)
 
 
 def usages(
     limit: str, subjects: Sequence[int], since: Day | None = None, until: Day | None = None
 ) -> Call[dict[int, int]]:
-    return batch_sum(limit, subjects, since=since, until=until)
+    chosen = list(subjects)
+    return attrs.evolve(
+        batch_sum(limit, chosen, since=since, until=until),
+        if_missing=lambda: dict.fromkeys(chosen, 0),
+    )

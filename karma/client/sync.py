@@ -50,6 +50,8 @@ def read_answer(call: Call[T], line: bytes) -> T:
         raise ConnectionFailed(f"unreadable answer to {call.op}: {line[:200]!r}") from exc
     response = msgspec.json.decode(answer.response)
     if not answer.success:
+        if answer.error_code == "not_found" and call.if_missing is not None:
+            return call.if_missing()
         raise from_answer(answer.error_code, str(response))
     return call.read(response)
 

@@ -90,6 +90,8 @@ def test_every_method_answers_typed_results(karma: k.Client) -> None:
 def test_errors_map_to_their_classes(server: Proc, karma: k.Client) -> None:
     with pytest.raises(k.NotFound):
         karma.sum("nosuch", 1)
+    assert karma.usage("nosuch", 1) == 0  # the domain verb: nothing recorded yet
+    assert karma.usages("nosuch", [1, 2]) == {1: 0, 2: 0}
     with pytest.raises(k.ValidationError, match="greater than or equal to 0"):
         karma.increment(S, -1)
     with pytest.raises(k.UnknownCommand):
