@@ -33,7 +33,13 @@ def from_date(date: dt.date) -> int:
 
 def today_from_unix(seconds: float) -> int:
     """The UTC day bucket that contains the given Unix time."""
-    return from_date(dt.datetime.fromtimestamp(seconds, tz=dt.UTC).date())
+    return _day_of(int(seconds) // 86400)
+
+
+@functools.lru_cache(maxsize=8)
+def _day_of(day_number: int) -> int:
+    """Cached per day: every write without a bucket asks, and the answer changes daily."""
+    return from_date(dt.date(1970, 1, 1) + dt.timedelta(days=day_number))
 
 
 def days_between(first: int, last: int) -> int:

@@ -8,6 +8,7 @@ writer's job (server/wal_writer.py), through `Engine.apply`.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
@@ -48,10 +49,16 @@ class Engine:
 
     @staticmethod
     def normalize(request: r.Request, today: int, now: int) -> m.Mutation:
-        return _lookup(_NORMALIZE, type(request))(request, today, now)
+        normalizer = _NORMALIZE_EXACT.get(type(request))
+        if normalizer is None:
+            normalizer = _lookup(_NORMALIZE, type(request))
+        return normalizer(request, today, now)
 
     def check(self, mutation: m.Mutation) -> m.Mutation | Immediate:
         """Raise what applying would raise, or answer a write that changes nothing."""
+        if type(mutation) in _STORE_MUTATIONS:  # the hot path: one dict lookup, no isinstance chain
+            self.store.check(mutation)
+            return mutation
         answer: object = None
         if isinstance(mutation, m.IngestBegin):
             answer = self.ingest.check_begin(mutation)
@@ -72,7 +79,7 @@ class Engine:
     def apply(self, mutation: m.Mutation) -> object:
         response = self._apply(mutation)
         key = mutation.idem_key() if isinstance(mutation, m.Idempotent) else None
-        if isinstance(mutation, m.Idempotent) and key is not None:
+        if key is not None and isinstance(mutation, m.Idempotent):
             canon = mutation.canon()
             self.idempotency.remember(
                 Record(
@@ -86,6 +93,8 @@ class Engine:
         return response
 
     def _apply(self, mutation: m.Mutation) -> object:
+        if type(mutation) in _PLAIN_STORE_MUTATIONS:
+            return self.store.apply(mutation)
         if isinstance(mutation, m.IngestBegin):
             return self.ingest.apply_begin(mutation)
         if isinstance(mutation, m.IngestChunk):
@@ -346,6 +355,14 @@ _NORMALIZE: Final[dict[type, Callable[[Any, int, int], m.Mutation]]] = {
 }
 
 
+#: the same table keyed by every concrete class, aliases included: one dict lookup per write
+_NORMALIZE_EXACT: Final = {
+    cls: _lookup(_NORMALIZE, cls)
+    for cls in ALL_CLASSES
+    if any(issubclass(cls, base) for base in _NORMALIZE)
+}
+
+
 def _keyed(request: r.Request, now: int) -> dict[str, Any]:
     """Idempotency fields of an eligible write, as its WAL entry carries them."""
     key = request.key_text
@@ -380,6 +397,26 @@ def _as_batch_add(chunk: m.IngestChunk) -> m.BatchAdd:
 
 
 _json: Final = msgspec.json.Encoder().encode
+
+_NOT_STORE: Final = (
+    m.IngestBegin,
+    m.IngestChunk,
+    m.IngestCommit,
+    m.IngestAbort,
+    m.IdempotencyPrune,
+)
+#: mutations that only the Store checks and applies
+_STORE_MUTATIONS: Final = frozenset(typing.get_args(m.AnyMutation)) - frozenset(_NOT_STORE)
+#: ... and that no counter other than the command count follows
+_PLAIN_STORE_MUTATIONS: Final = _STORE_MUTATIONS - {
+    m.BatchAdd,
+    m.BatchSet,
+    m.BatchReset,
+    m.BatchDeleteRange,
+    m.DeleteBefore,
+    m.CompactSeries,
+    m.CompactAll,
+}
 
 _READS: Final[dict[type, Callable[[Engine, Any, AnyBudget], object]]] = {
     r.Sum: Engine.sum,

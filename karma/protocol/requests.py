@@ -12,6 +12,7 @@ from typing import Literal, TypeVar
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from karma import days
 from karma.errors import KarmaError
 from karma.protocol import fields as f
 from karma.protocol.fields import U64, DayRange, Item
@@ -217,6 +218,21 @@ class Increment(KeyRequest, tag="counter.increment", frozen=True, kw_only=True):
         return 1 if isinstance(self.value, UnsetType) else self.value
 
     def check(self) -> None:
+        # the hottest validation of all: the common case (a series, an int bucket and value)
+        # is checked inline; anything unusual falls back to the general helpers
+        name = self.tree if self.tree is not None else self.series
+        bucket, value = self.bucket, self.value
+        if (
+            name is not None
+            and type(bucket) is int
+            and type(value) is int
+            and self.date is UNSET
+            and f.fast_series_ok(name)
+            and self.key <= f.U64_MAX
+            and 0 < value <= f.U64_MAX
+            and days.is_day(bucket)
+        ):
+            return
         super().check()
         if not isinstance(self.date, UnsetType):
             f.check_day("date", self.date)

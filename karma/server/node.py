@@ -531,3 +531,8 @@ _ASYNC: Final[dict[type, Callable[[Node, Any], Awaitable[object]]]] = {
 _SEQUENTIAL: Final = frozenset(
     {r.IngestBegin, r.IngestChunk, r.IngestCommit, r.IngestAbort, r.IdempotencyPrune}
 )
+_ASYNC_OR_SEQUENTIAL: Final = frozenset(_ASYNC) | _SEQUENTIAL
+#: request classes (aliases included) whose idempotency key makes them keyed writes
+_KEYED_CLASSES: Final = frozenset(
+    cls for cls, spec in optable.SPEC_BY_CLASS.items() if spec.idempotent
+)
