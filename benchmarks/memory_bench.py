@@ -1,0 +1,99 @@
+"""Memory per stored point, and restore time of a data directory (snapshot + WAL).
+
+    .venv/bin/python benchmarks/memory_bench.py [--points 1000000] [--wal-records 100000]
+
+Points are spread as karma 1.0's table assumes: 10 days per key. Memory is the growth of the
+process's resident set while the points are loaded (through the same apply path as writes).
+Restore writes a snapshot of those points plus a WAL tail, then times a cold `karma-trio`
+start until its port answers. Prints a table and JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from karma.core import mutations as m
+from karma.core.engine import Engine
+from karma.storage import snapshot_codec, snapshot_files, wal_codec
+
+DAYS = 10
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def load(engine: Engine, points: int) -> None:
+    keys = points // DAYS
+    for start in range(0, keys, 1000):
+        items = [(key, 20260501 + day, key % 97 + 1)
+                 for key in range(start, min(keys, start + 1000)) for day in range(DAYS)]
+        engine.apply(m.BatchAdd(series="usage", granularity="day", items=items))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", type=int, default=1_000_000)
+    parser.add_argument("--wal-records", type=int, default=100_000)
+    args = parser.parse_args()
+    gc.collect()
+    before = rss_bytes()
+    engine = Engine()
+    load(engine, args.points)
+    gc.collect()
+    per_point = (rss_bytes() - before) / args.points
+    directory = Path(tempfile.mkdtemp(prefix="restore-bench-"))
+    data = snapshot_codec.encode_series(engine.store.series["usage"])
+    snapshot_files.write_snapshot(directory, "usage", data, int(time.time()), 1)
+    with open(directory / "karma.wal", "wb") as wal:
+        for lsn in range(2, args.wal_records + 2):
+            entry = m.encode(m.Increment(series="usage", key=lsn % 1000, bucket=20260511, value=1))
+            wal.write(wal_codec.encode_line(lsn, entry))
+    port = free_port()
+    started = time.monotonic()
+    server = subprocess.Popen([sys.executable, "-m", "karma", "--bind=127.0.0.1",
+                               f"--port={port}", f"--directory={directory}", "--log=false"])
+    try:
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.02)
+        restore_s = time.monotonic() - started
+    finally:
+        server.kill()
+        server.wait()
+        shutil.rmtree(directory, ignore_errors=True)
+    result = {"points": args.points, "bytes_per_point": round(per_point, 1),
+              "snapshot_bytes": len(data), "wal_records": args.wal_records,
+              "restore_seconds": round(restore_s, 2)}
+    print(f"{'points':28}{args.points:>14,}")
+    print(f"{'memory per point (RSS)':28}{per_point:>14.1f} bytes")
+    print(f"{'snapshot size':28}{len(data):>14,} bytes")
+    print(f"{'restore (snapshot + WAL)':28}{restore_s:>14.2f} s for {args.wal_records:,} WAL records")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
