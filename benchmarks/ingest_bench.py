@@ -21,22 +21,8 @@ import threading
 import time
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_listening(port: int) -> None:
-    for _ in range(400):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("server did not listen")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import free_port, wait_listening
 
 
 class Probe(threading.Thread):
@@ -102,7 +88,7 @@ def main() -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_listening(port)
+        wait_listening(port, server)
         with socket.create_connection(("127.0.0.1", port)) as sock:
             sock.sendall(b'{"v":2,"op":"counter.increment","series":"live","key":1}\n')
             sock.recv(1024)

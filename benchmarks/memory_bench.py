@@ -39,8 +39,11 @@ def rss_bytes() -> int:
 def load(engine: Engine, points: int) -> None:
     keys = points // DAYS
     for start in range(0, keys, 1000):
-        items = [(key, 20260501 + day, key % 97 + 1)
-                 for key in range(start, min(keys, start + 1000)) for day in range(DAYS)]
+        items = [
+            (key, 20260501 + day, key % 97 + 1)
+            for key in range(start, min(keys, start + 1000))
+            for day in range(DAYS)
+        ]
         engine.apply(m.BatchAdd(series="usage", granularity="day", items=items))
 
 
@@ -71,8 +74,17 @@ def main() -> None:
             wal.write(wal_codec.encode_line(lsn, entry))
     port = free_port()
     started = time.monotonic()
-    server = subprocess.Popen([sys.executable, "-m", "karma", "--bind=127.0.0.1",
-                               f"--port={port}", f"--directory={directory}", "--log=false"])
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "karma",
+            "--bind=127.0.0.1",
+            f"--port={port}",
+            f"--directory={directory}",
+            "--log=false",
+        ]
+    )
     try:
         while True:
             try:
@@ -85,9 +97,13 @@ def main() -> None:
         server.kill()
         server.wait()
         shutil.rmtree(directory, ignore_errors=True)
-    result = {"points": args.points, "bytes_per_point": round(per_point, 1),
-              "snapshot_bytes": len(data), "wal_records": args.wal_records,
-              "restore_seconds": round(restore_s, 2)}
+    result = {
+        "points": args.points,
+        "bytes_per_point": round(per_point, 1),
+        "snapshot_bytes": len(data),
+        "wal_records": args.wal_records,
+        "restore_seconds": round(restore_s, 2),
+    }
     print(f"{'points':28}{args.points:>14,}")
     print(f"{'memory per point (RSS)':28}{per_point:>14.1f} bytes")
     print(f"{'snapshot size':28}{len(data):>14,} bytes")

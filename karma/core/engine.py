@@ -80,17 +80,13 @@ class Engine:
         response = self._apply(mutation)
         key = mutation.idem_key() if isinstance(mutation, m.Idempotent) else None
         if key is not None and isinstance(mutation, m.Idempotent):
-            canon = mutation.canon()
-            self.idempotency.remember(
-                Record(
-                    key,
-                    canon.command,
-                    canon.digest(),
-                    response,
-                    mutation.idem_created(),
-                )
-            )
+            self._remember(mutation, key, response)
         return response
+
+    def _remember(self, mutation: m.Idempotent, key: str, response: object) -> None:
+        canon = mutation.canon()
+        record = Record(key, canon.command, canon.digest(), response, mutation.idem_created())
+        self.idempotency.remember(record)
 
     def _apply(self, mutation: m.Mutation) -> object:
         if type(mutation) in _PLAIN_STORE_MUTATIONS:
@@ -135,16 +131,7 @@ class Engine:
         elif isinstance(mutation, m.Idempotent) and (key := mutation.idem_key()) is not None:
             response = _known_response(mutation)
             if response is not None:  # resets and range deletes repeat harmlessly without one
-                canon = mutation.canon()
-                self.idempotency.remember(
-                    Record(
-                        key,
-                        canon.command,
-                        canon.digest(),
-                        response,
-                        mutation.idem_created(),
-                    )
-                )
+                self._remember(mutation, key, response)
 
     def _batch_write(self, size: int) -> None:
         self.counters.batch_write_count += 1

@@ -52,42 +52,35 @@ class DropSeries(SeriesMutation, kw_only=True, omit_defaults=True, frozen=True):
     OP: ClassVar[str] = "tree.drop"
 
 
-class Increment(SeriesMutation, Idempotent, kw_only=True, omit_defaults=True, frozen=True):
+class PointMutation(SeriesMutation, Idempotent, kw_only=True, omit_defaults=True, frozen=True):
+    """One key, one day, one amount: increments and decrements."""
+
+    COMMAND: ClassVar[str] = ""
+    key: int
+    bucket: int
+    value: int
+    idempotency_key: str | None = None
+    fingerprint: str | None = None
+    idempotency_created_at_unix: int | None = None
+
+    def canon(self) -> Canon:
+        return (
+            Canon(self.COMMAND)
+            .text("series", self.series)
+            .unsigned("key", self.key)
+            .unsigned("bucket", self.bucket)
+            .unsigned("value", self.value)
+        )
+
+
+class Increment(PointMutation, kw_only=True, omit_defaults=True, frozen=True):
     OP: ClassVar[str] = "counter.increment"
-    key: int
-    bucket: int
-    value: int
-    idempotency_key: str | None = None
-    fingerprint: str | None = None
-    idempotency_created_at_unix: int | None = None
-
-    def canon(self) -> Canon:
-        return (
-            Canon("increment")
-            .text("series", self.series)
-            .unsigned("key", self.key)
-            .unsigned("bucket", self.bucket)
-            .unsigned("value", self.value)
-        )
+    COMMAND: ClassVar[str] = "increment"
 
 
-class Decrement(SeriesMutation, Idempotent, kw_only=True, omit_defaults=True, frozen=True):
+class Decrement(PointMutation, kw_only=True, omit_defaults=True, frozen=True):
     OP: ClassVar[str] = "counter.decrement"
-    key: int
-    bucket: int
-    value: int
-    idempotency_key: str | None = None
-    fingerprint: str | None = None
-    idempotency_created_at_unix: int | None = None
-
-    def canon(self) -> Canon:
-        return (
-            Canon("decrement")
-            .text("series", self.series)
-            .unsigned("key", self.key)
-            .unsigned("bucket", self.bucket)
-            .unsigned("value", self.value)
-        )
+    COMMAND: ClassVar[str] = "decrement"
 
 
 class BatchAdd(SeriesMutation, Idempotent, kw_only=True, omit_defaults=True, frozen=True):
