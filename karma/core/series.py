@@ -18,6 +18,15 @@ from karma.protocol.fields import DayRange
 BRANCHES: Final = 9
 
 
+#: One int object per distinct day: buckets repeat across millions of keys, and an int decoded
+#: from JSON is a fresh 28-byte object each time (memory benchmark: 86 -> see docs/performance.md).
+_DAYS: dict[int, int] = {}
+
+
+def intern_day(day: int) -> int:
+    return _DAYS.setdefault(day, day)
+
+
 @attrs.define(slots=True, eq=False)
 class Counter:
     table: dict[int, int] = attrs.field(factory=dict)
@@ -30,7 +39,11 @@ class Counter:
         return {day: v for day, v in self.table.items() if first_day <= day <= last_day}
 
     def add(self, day: int, value: int) -> None:
-        self.table[day] = self.table.get(day, 0) + value
+        table = self.table
+        if day in table:
+            table[day] += value
+        else:
+            table[intern_day(day)] = value
         self.total += value
 
     def subtract(self, day: int, value: int) -> None:
@@ -51,7 +64,7 @@ class Counter:
     def set(self, day: int, value: int) -> None:
         self.total += value - self.table.get(day, 0)
         if value:
-            self.table[day] = value
+            self.table[intern_day(day)] = value
         else:
             self.table.pop(day, None)
 
