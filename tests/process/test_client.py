@@ -202,6 +202,86 @@ def test_a_retried_write_whose_answer_was_lost_counts_once(server: Proc) -> None
         proxy.close()
 
 
+async def async_every_method(port: int) -> None:
+    """The sync test's sequence, awaited: the same answers from the async client."""
+    async with k.AsyncClient(port=port, token="full", timeout=5) as karma:
+        assert await karma.ping() == "pong"
+        assert (await karma.health()).status == "ok"
+        assert await karma.increment(S, 1, 5, bucket=D1) == 5
+        assert await karma.decrement(S, 1, 2, bucket=20260501) == 2
+        assert await karma.record_usage(S, 2, 7, day=D1) == 7
+        assert await karma.sum(S, 1) == 3
+        assert await karma.usage(S, 2, since=D1, until=D1) == 7
+        assert await karma.series(S, 1, D1, D1) == {20260501: 3}
+        assert await karma.batch_sum(S, [1, 2, 3]) == {1: 3, 2: 7, 3: 0}
+        assert await karma.usages(S, [1, 2], since=D1, until=D1) == {1: 3, 2: 7}
+        assert await karma.multi_sum([(S, 1), (S, 2)]) == {(S, 1): 3, (S, 2): 7}
+        assert await karma.batch_add(S, [(3, D1, 4), (4, D1, 1)]) == {"applied": 2, "total": 5}
+        assert await karma.batch_set(S, [(4, D1, 10)]) == {"applied": 1}
+        assert (await karma.tree_info(S)).total == 24
+        assert [kt.key for kt in (await karma.tree_keys(S, limit=2)).keys] == [1, 2]
+        assert (await karma.tree_top(S, 1))[0] == k.TopItem(key=4, value=10)
+        assert (await karma.tree_summary(S))["total"] == 24
+        assert (await karma.tree_series(S, D1, D1))[4] == {20260501: 10}
+        assert await karma.tree_list() == [S]
+        assert await karma.batch_reset(S, [3]) == {"reset": 1, "missing": 0}
+        assert await karma.delete_range(S, D1, D1, key=4) is True
+        assert await karma.batch_delete_range(S, [1], D1, D1) == {"deleted": 1, "missing": 0}
+        assert await karma.reset(S, 2) == "OK"
+        assert await karma.tree_create("other") == "OK"
+        assert await karma.delete_before("other", D1) == "OK"
+        assert await karma.compact("other") == "OK"
+        assert await karma.tree_drop("other") == "OK"
+        assert (await karma.ingest_begin("st", "add"))["status"] == "active"
+        assert (await karma.ingest_chunk("st", S, 1, [(9, D1, 1)]))["applied"] == 1
+        assert (await karma.ingest_commit("st"))["status"] == "committed"
+        assert (await karma.ingest_begin("st2"))["status"] == "active"
+        assert (await karma.ingest_abort("st2"))["status"] == "aborted"
+        assert await karma.snapshot_create_all() == "OK"
+        assert await karma.snapshot_list()
+        assert (await karma.snapshot_verify())["status"] == "ok"
+        assert "karma_commands_total" in await karma.metrics()
+        assert await karma.request("counter.sum", series=S, key=9) == 1
+        with pytest.raises(k.NotFound):
+            await karma.sum("nosuch", 1)
+        with pytest.raises(k.ValidationError):
+            await karma.increment(S, -1)
+        await karma.increment(S, 1, idempotency_key="ev")
+        with pytest.raises(k.IdempotencyConflict):
+            await karma.increment(S, 1, 2, idempotency_key="ev")
+    async with k.AsyncClient(port=port, token="read") as reader:
+        with pytest.raises(k.Forbidden):
+            await reader.increment(S, 1)
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_the_async_client_answers_every_method(server: Proc, backend: str) -> None:
+    if backend == "trio":
+        trio.run(async_every_method, server.port)
+    else:
+        asyncio.run(async_every_method(server.port))
+
+
+async def async_restart(proc: Proc) -> None:
+    async with k.AsyncClient(port=proc.port, token="full", timeout=1, connect_timeout=0.5) as karma:
+        await karma.increment(S, 1)
+        proc.kill()
+        started = time.monotonic()
+        with pytest.raises(k.ConnectionFailed):
+            await karma.increment(S, 1)
+        assert time.monotonic() - started < 3
+        proc.start(same_port=True)
+        assert await karma.sum(S, 1) == 1
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_the_async_client_survives_a_server_restart(server: Proc, backend: str) -> None:
+    if backend == "trio":
+        trio.run(async_restart, server)
+    else:
+        asyncio.run(async_restart(server))
+
+
 async def async_scenario(port: int) -> None:
     async with k.AsyncClient(port=port, token="full", timeout=5, pool_size=8) as karma:
         assert await karma.ping() == "pong"
