@@ -57,7 +57,8 @@ async def serve_connection(node: Node, drain: Drain, stream: trio.SocketStream) 
         drain.open.add(connection)
         try:
             while not drain.closing:
-                _extend(deadline, read_timeout)
+                now = trio.current_time()
+                _extend(deadline, now, read_timeout)
                 connection.idle = True
                 data = await stream.receive_some(RECEIVE_BYTES)
                 connection.idle = False
@@ -72,7 +73,7 @@ async def serve_connection(node: Node, drain: Drain, stream: trio.SocketStream) 
                     out.append(envelope.encode_error(error))
                     node.engine.counters.record(0.0, failed=True)
                 if out:
-                    _extend(deadline, write_timeout)
+                    _extend(deadline, now, write_timeout)  # `now` is microseconds old
                     await stream.send_all(b"".join(out))
                 if buffer.too_large:
                     return
@@ -84,9 +85,9 @@ async def serve_connection(node: Node, drain: Drain, stream: trio.SocketStream) 
                 await stream.aclose()
 
 
-def _extend(scope: trio.CancelScope, timeout: float) -> None:
+def _extend(scope: trio.CancelScope, now: float, timeout: float) -> None:
     """Aim the deadline at now + timeout, unless it is already within a tenth of that."""
-    wanted = trio.current_time() + timeout
+    wanted = now + timeout
     current = scope.deadline
     if current == wanted or abs(current - wanted) <= min(1.0, timeout / 10):
         return  # close enough (inf == inf lands here too)
