@@ -7,6 +7,7 @@ the client is not the bottleneck. Prints a table and writes JSON to benchmarks/r
     .venv/bin/python benchmarks/bench.py --quick         # fewer requests
     .venv/bin/python benchmarks/bench.py --only wal-off,baseline
     .venv/bin/python benchmarks/bench.py --only wal-on,wal-on+scrape      # metrics overhead
+    .venv/bin/python benchmarks/bench.py --only baseline,wal-off,wal-off@HEAD~1  # vs a commit
 
 Numbers from one machine vary run to run: compare columns of the same run, not runs.
 """
@@ -119,28 +120,51 @@ def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
     raise RuntimeError("server did not listen")
 
 
+def checkout(rev: str) -> Path:
+    """A worktree of `rev` (e.g. HEAD~1), so an older build runs next to this one."""
+    tree = BUILD / f"rev-{rev.replace('/', '_').replace('~', '-').replace('^', '-')}"
+    if not tree.exists():
+        BUILD.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), rev],
+            check=True,
+            capture_output=True,
+        )
+    return tree
+
+
 def run_server(name: str, kbench: Path, single: int, batches: int) -> list[dict[str, object]]:
     name = name.split("#")[0]
+    mode, _, rev = name.partition("@")
     port = free_port()
-    directory = Path(tempfile.mkdtemp(prefix=f"kbench-{name}-"))
+    directory = Path(tempfile.mkdtemp(prefix="kbench-"))
+    env = None
     if name == "baseline":
         command = [sys.executable, str(SHARED_BENCH / "trio_min.py"), str(port)]
     else:
-        command = [*KARMA, *COMMON, f"--port={port}", f"--directory={directory}", *SERVERS[name]]
+        command = [*KARMA, *COMMON, f"--port={port}", f"--directory={directory}", *SERVERS[mode]]
+    if rev:
+        env = {**os.environ, "PYTHONPATH": str(checkout(rev))}
     scraper = None
     if name.endswith("+scrape"):
         metrics_port = free_port()
         command.append(f"--metrics-port={metrics_port}")
         scraper = Scraper(metrics_port)
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
     rows: list[dict[str, object]] = []
     try:
         wait_listening(port, process)
         if scraper is not None:
             scraper.start()
         for workload, args in workloads(single, batches):
+            generator = [str(kbench)]
+            if kbench == LOADGEN:
+                generator = [sys.executable, str(LOADGEN)]
+                args = [a for a in args if a != "--setup"]
             done = subprocess.run(
-                [str(kbench), f"--port={port}", *args],
+                [*generator, f"--port={port}", *args],
                 capture_output=True,
                 text=True,
                 timeout=600,
@@ -183,6 +207,18 @@ def print_table(rows: list[dict[str, object]], servers: list[str]) -> None:
             cells.append(f"{rate(row):>15,.0f}{mark or ' '}")
         print(f"{workload:24}" + "".join(cells))
     print("(ops/s, or items/s for batches; ! = some answers were errors)")
+    print()
+    reference = servers[0]
+    print(f"{'ratio to ' + reference:24}" + "".join(f"{s:>16}" for s in servers))
+    for workload in names:
+        base = rate(
+            next((r for r in rows if r["server"] == reference and r["workload"] == workload), {})
+        )
+        cells = []
+        for server in servers:
+            row = next((r for r in rows if r["server"] == server and r["workload"] == workload), {})
+            cells.append(f"{rate(row) / base:>15.2f}x" if base else f"{'-':>16}")
+        print(f"{workload:24}" + "".join(cells))
     print()
     print(f"{'p50/p95/p99 ms':24}" + "".join(f"{s:>16}" for s in servers))
     for workload in names[:2]:
