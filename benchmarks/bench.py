@@ -107,6 +107,22 @@ def free_port() -> int:
         return port
 
 
+def start_karma(port: int, directory: Path, *flags: str) -> subprocess.Popen[bytes]:
+    """karma-trio on 127.0.0.1:port, logs off, waited for until its port accepts."""
+    process = subprocess.Popen(
+        [
+            *KARMA,
+            "--bind=127.0.0.1",
+            f"--port={port}",
+            f"--directory={directory}",
+            "--log=false",
+            *flags,
+        ]
+    )
+    wait_listening(port, process)
+    return process
+
+
 def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import build_kbench, free_port, wait_listening
+from bench import build_kbench, free_port, start_karma
 
 from karma.client import Client
 
@@ -64,21 +64,8 @@ def main() -> None:
     kbench = build_kbench()
     port = free_port()
     work = Path(tempfile.mkdtemp(prefix="client-bench-"))
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "karma",
-            "--bind=127.0.0.1",
-            f"--port={port}",
-            f"--directory={work}",
-            "--log=false",
-            "--wal-fsync=false",
-            "--read-timeout=0",
-        ]
-    )
+    server = start_karma(port, work, "--wal-fsync=false", "--read-timeout=0")
     try:
-        wait_listening(port, server)
         rows = {
             f"client, {n} thread{'s' if n > 1 else ''}": threads_run(port, n) for n in (1, 8, 32)
         }

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import free_port, wait_listening
+from bench import free_port, start_karma
 
 
 class Probe(threading.Thread):
@@ -73,22 +73,8 @@ def main() -> None:
             for i in range(args.rows)
         )
     port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "karma",
-            "--bind=127.0.0.1",
-            f"--port={port}",
-            f"--directory={work / 'data'}",
-            "--log=false",
-            "--max-request-bytes=1048576",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = start_karma(port, work / "data", "--max-request-bytes=1048576")
     try:
-        wait_listening(port, server)
         with socket.create_connection(("127.0.0.1", port)) as sock:
             sock.sendall(b'{"v":2,"op":"counter.increment","series":"live","key":1}\n')
             sock.recv(1024)

@@ -15,14 +15,14 @@ import gc
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import free_port, start_karma
 
 from karma.core import mutations as m
 from karma.core.engine import Engine
@@ -47,13 +47,6 @@ def load(engine: Engine, points: int) -> None:
         engine.apply(m.BatchAdd(series="usage", granularity="day", items=items))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=1_000_000)
@@ -72,26 +65,9 @@ def main() -> None:
         for lsn in range(2, args.wal_records + 2):
             entry = m.encode(m.Increment(series="usage", key=lsn % 1000, bucket=20260511, value=1))
             wal.write(wal_codec.encode_line(lsn, entry))
-    port = free_port()
     started = time.monotonic()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "karma",
-            "--bind=127.0.0.1",
-            f"--port={port}",
-            f"--directory={directory}",
-            "--log=false",
-        ]
-    )
+    server = start_karma(free_port(), directory)  # returns once the port answers
     try:
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.02)
         restore_s = time.monotonic() - started
     finally:
         server.kill()

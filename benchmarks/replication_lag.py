@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import build_kbench, free_port, wait_listening
+from bench import build_kbench, free_port, start_karma
 
 
 def ask(port: int, op: str) -> dict[str, object]:
@@ -36,30 +36,18 @@ def main() -> None:
     kbench = build_kbench()
     work = Path(tempfile.mkdtemp(prefix="repl-lag-"))
     master_port, replica_port = free_port(), free_port()
-    common = [
-        sys.executable,
-        "-m",
-        "karma",
-        "--bind=127.0.0.1",
-        "--log=false",
-        "--wal-fsync=false",
-        "--read-timeout=0",
-    ]
-    master = subprocess.Popen([*common, f"--port={master_port}", f"--directory={work / 'm'}"])
-    wait_listening(master_port, master)
-    replica = subprocess.Popen(
-        [
-            *common,
-            f"--port={replica_port}",
-            f"--directory={work / 's'}",
-            "--role=slave",
-            "--replication-source-host=127.0.0.1",
-            f"--replication-source-port={master_port}",
-            "--replication-poll-interval-ms=100",
-            "--replication-batch-size=5000",
-        ]
+    common = ["--wal-fsync=false", "--read-timeout=0"]
+    master = start_karma(master_port, work / "m", *common)
+    replica = start_karma(
+        replica_port,
+        work / "s",
+        *common,
+        "--role=slave",
+        "--replication-source-host=127.0.0.1",
+        f"--replication-source-port={master_port}",
+        "--replication-poll-interval-ms=100",
+        "--replication-batch-size=5000",
     )
-    wait_listening(replica_port, replica)
     samples: list[int] = []
     stop = threading.Event()
 
