@@ -191,7 +191,7 @@ class Engine:
         for counter in series.values():
             budget.tick()
             key_count += 1
-            bucket_count += len(counter.table)
+            bucket_count += len(counter)
             total += counter.total
         return {
             "tree": req.name,
@@ -224,7 +224,7 @@ class Engine:
             budget.tick()
             if day_range is None:
                 active += 1
-                buckets += len(counter.table)
+                buckets += len(counter)
                 total += counter.total
                 continue
             points = counter.points(day_range.first, day_range.last)

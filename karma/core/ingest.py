@@ -332,7 +332,7 @@ def _check_staged(staged: Series, items: list[tuple[int, int, int]]) -> None:
     for key, bucket, value in items:
         counter = staged.get(key)
         base = counter.total if counter is not None else 0
-        old = counter.table.get(bucket, 0) if counter is not None else 0
+        old = counter.get(bucket) if counter is not None else 0
         totals[key] = totals.get(key, base) + value - old
         if totals[key] > U64_MAX:
             raise KarmaError.validation(f"Counter overflow in batch item key={key} bucket={bucket}")

@@ -7,6 +7,7 @@ them in the order they were first written. A counter whose buckets were all remo
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Iterator
 from typing import Final
 
@@ -18,32 +19,76 @@ from karma.protocol.fields import DayRange
 BRANCHES: Final = 9
 
 
-#: One int object per distinct day: buckets repeat across millions of keys, and an int decoded
-#: from JSON is a fresh 28-byte object each time (memory benchmark: 86 -> see docs/performance.md).
-_DAYS: dict[int, int] = {}
-
-
-def intern_day(day: int) -> int:
-    return _DAYS.setdefault(day, day)
-
-
-@attrs.define(slots=True, eq=False)
 class Counter:
-    table: dict[int, int] = attrs.field(factory=dict)
-    total: int = 0
+    """One key's buckets as one flat array `[day, value, day, value, ...]`, plus the total.
+
+    Not a dict per key: a 10-day dict costs ~350 bytes, this array ~230, and memory per point
+    decides how many subjects fit on a machine (docs/performance.md). Insertion order is kept,
+    as karma 1.0's hashes keep it. Lookups scan the days in C (`index` on a slice view would
+    copy, so the scan steps over the pairs); a key rarely holds more than a year of days.
+    """
+
+    __slots__ = ("pairs", "total")
+
+    def __init__(self, table: dict[int, int] | None = None, total: int = 0) -> None:
+        self.pairs = array("Q")
+        self.total = total
+        if table:
+            for day, value in table.items():
+                self.pairs.append(day)
+                self.pairs.append(value)
+
+    @property
+    def table(self) -> dict[int, int]:
+        """The buckets as a dict in insertion order (snapshots, verification, tests)."""
+        pairs = self.pairs
+        return dict(zip(pairs[0::2], pairs[1::2], strict=True))
+
+    @property
+    def values(self) -> list[int]:
+        return list(self.pairs[1::2])
+
+    def __len__(self) -> int:
+        return len(self.pairs) // 2
+
+    def _find(self, day: int) -> int:
+        """Index of `day`'s value in `pairs`, or -1."""
+        pairs = self.pairs
+        start = 0
+        while True:
+            try:
+                at = pairs.index(day, start)
+            except ValueError:
+                return -1
+            if at % 2 == 0:  # a day, not a value that happens to equal it
+                return at + 1
+            start = at + 1
+
+    def get(self, day: int, default: int = 0) -> int:
+        at = self._find(day)
+        return self.pairs[at] if at >= 0 else default
 
     def sum_range(self, first_day: int, last_day: int) -> int:
-        return sum(v for day, v in self.table.items() if first_day <= day <= last_day)
+        pairs = self.pairs
+        return sum(
+            v for d, v in zip(pairs[0::2], pairs[1::2], strict=True) if first_day <= d <= last_day
+        )
 
     def points(self, first_day: int, last_day: int) -> dict[int, int]:
-        return {day: v for day, v in self.table.items() if first_day <= day <= last_day}
+        pairs = self.pairs
+        return {
+            d: v
+            for d, v in zip(pairs[0::2], pairs[1::2], strict=True)
+            if first_day <= d <= last_day
+        }
 
     def add(self, day: int, value: int) -> None:
-        table = self.table
-        if day in table:
-            table[day] += value
+        at = self._find(day)
+        if at >= 0:
+            self.pairs[at] += value
         else:
-            table[intern_day(day)] = value
+            self.pairs.append(day)
+            self.pairs.append(value)
         self.total += value
 
     def subtract(self, day: int, value: int) -> None:
@@ -51,33 +96,47 @@ class Counter:
 
         A negative usage would break every limit check built on it.
         """
-        current = self.table.get(day)
-        if current is None:
+        at = self._find(day)
+        if at < 0:
             return
+        current = self.pairs[at]
         if current > value:
-            self.table[day] = current - value
+            self.pairs[at] = current - value
             self.total -= value
         else:
-            del self.table[day]
+            del self.pairs[at - 1 : at + 1]
             self.total -= current
 
     def set(self, day: int, value: int) -> None:
-        self.total += value - self.table.get(day, 0)
-        if value:
-            self.table[intern_day(day)] = value
-        else:
-            self.table.pop(day, None)
+        at = self._find(day)
+        if at >= 0:
+            self.total += value - self.pairs[at]
+            if value:
+                self.pairs[at] = value
+            else:
+                del self.pairs[at - 1 : at + 1]
+        elif value:
+            self.pairs.append(day)
+            self.pairs.append(value)
+            self.total += value
 
     def delete_range(self, first_day: int, last_day: int) -> None:
-        for day in [d for d in self.table if first_day <= d <= last_day]:
-            self.total -= self.table.pop(day)
+        pairs = self.pairs
+        keep = array("Q")
+        for d, v in zip(pairs[0::2], pairs[1::2], strict=True):
+            if not first_day <= d <= last_day:
+                keep.append(d)
+                keep.append(v)
+        if len(keep) != len(pairs):
+            self.pairs = keep
+            self.total = sum(keep[1::2])
 
     def reset(self) -> None:
-        self.table = {}
+        self.pairs = array("Q")
         self.total = 0
 
     def has_day_in(self, first_day: int, last_day: int) -> bool:
-        return any(first_day <= day <= last_day for day in self.table)
+        return any(first_day <= day <= last_day for day in self.pairs[0::2])
 
 
 @attrs.define(slots=True, eq=False)
@@ -118,7 +177,7 @@ class Series:
 
     @property
     def bucket_count(self) -> int:
-        return sum(len(c.table) for c in self.counters.values())
+        return sum(len(c) for c in self.counters.values())
 
     @property
     def total(self) -> int:

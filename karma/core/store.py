@@ -89,7 +89,7 @@ class Store:
         reset = missing = 0
         for key in mut.keys:
             counter = series.get(key)
-            if counter is None or not counter.table:
+            if counter is None or not counter.pairs:
                 missing += 1
                 continue
             counter.reset()
@@ -102,7 +102,7 @@ class Store:
         deleted = missing = 0
         for key in mut.keys:
             counter = series.get(key)
-            if counter is None or not counter.table:
+            if counter is None or not counter.pairs:
                 missing += 1
             elif counter.has_day_in(first, last):
                 counter.delete_range(first, last)
@@ -158,10 +158,7 @@ def _check_increment(store: Store, mut: m.Increment) -> None:
     counter = series.get(mut.key) if series is not None else None
     if counter is None:
         return
-    if (
-        counter.table.get(mut.bucket, 0) + mut.value > U64_MAX
-        or counter.total + mut.value > U64_MAX
-    ):
+    if counter.get(mut.bucket) + mut.value > U64_MAX or counter.total + mut.value > U64_MAX:
         raise KarmaError.validation(f"Counter overflow key={mut.key} bucket={mut.bucket}")
 
 
@@ -192,7 +189,7 @@ def _check_batch_set(store: Store, mut: m.BatchSet) -> None:
             totals[key] = counter.total if counter is not None else 0
         old = written.get((key, bucket))
         if old is None:
-            old = counter.table.get(bucket, 0) if counter is not None else 0
+            old = counter.get(bucket) if counter is not None else 0
         written[key, bucket] = value
         totals[key] += value - old
         last_bucket[key] = bucket

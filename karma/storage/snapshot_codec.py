@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import msgspec
 
-from karma.core.series import BRANCHES, Counter, Series, intern_day
+from karma.core.series import BRANCHES, Counter, Series
 
 _encoder: Final = msgspec.msgpack.Encoder()
 _decoder: Final = msgspec.msgpack.Decoder()
@@ -72,7 +72,7 @@ def decode_series(data: bytes) -> Series:
 def _counter(raw: object) -> Counter:
     if not isinstance(raw, dict) or not isinstance(raw.get("table"), dict):
         raise SnapshotError("not a snapshot: a counter has no table")
-    table = {intern_day(_u64(day)): _u64(value) for day, value in raw["table"].items() if value}
+    table = {_u64(day): _u64(value) for day, value in raw["table"].items() if value}
     return Counter(table, sum(table.values()))
 
 

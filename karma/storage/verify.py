@@ -75,7 +75,7 @@ def verify(directory: Path) -> dict[str, object]:
         raise KarmaError.validation(str(exc)) from exc
     for name, series in engine.store.series.items():
         for counter in series.values():
-            if counter.total != sum(counter.table.values()) or 0 in counter.table.values():
+            if counter.total != sum(counter.values) or 0 in counter.values:
                 raise KarmaError.validation(f'Tree "{name}" failed validation')
     return {
         "status": "ok",
