@@ -14,7 +14,9 @@ import argparse
 import gc
 import json
 import os
+import random
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -47,6 +49,30 @@ def load(engine: Engine, points: int) -> None:
         engine.apply(m.BatchAdd(series="usage", granularity="day", items=items))
 
 
+def range_sum_p95(port: int, keys: int, samples: int = 2000) -> float:
+    """p95 latency (ms) of `counter.sum` over a 10-day range for random keys, over TCP."""
+    rng = random.Random(7)
+    latencies = []
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        reader = sock.makefile("rb")
+        for _ in range(samples):
+            request = json.dumps(
+                {
+                    "v": 2,
+                    "op": "counter.sum",
+                    "series": "usage",
+                    "key": rng.randrange(keys),
+                    "range": {"from": 20260501, "to": 20260510},
+                }
+            )
+            started = time.perf_counter()
+            sock.sendall(request.encode() + b"\n")
+            reader.readline()
+            latencies.append((time.perf_counter() - started) * 1000)
+    latencies.sort()
+    return round(latencies[int(0.95 * len(latencies))], 3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=1_000_000)
@@ -66,9 +92,11 @@ def main() -> None:
             entry = m.encode(m.Increment(series="usage", key=lsn % 1000, bucket=20260511, value=1))
             wal.write(wal_codec.encode_line(lsn, entry))
     started = time.monotonic()
-    server = start_karma(free_port(), directory)  # returns once the port answers
+    port = free_port()
+    server = start_karma(port, directory)  # returns once the port answers
     try:
         restore_s = time.monotonic() - started
+        range_p95 = range_sum_p95(port, args.points // DAYS)
     finally:
         server.kill()
         server.wait()
@@ -79,12 +107,14 @@ def main() -> None:
         "snapshot_bytes": len(data),
         "wal_records": args.wal_records,
         "restore_seconds": round(restore_s, 2),
+        "range_sum_p95_ms": range_p95,
     }
     print(f"{'points':28}{args.points:>14,}")
     print(f"{'memory per point (RSS)':28}{per_point:>14.1f} bytes")
     print(f"{'snapshot size':28}{len(data):>14,} bytes")
     label = f"restore ({args.wal_records:,} WAL records)"
     print(f"{label:28}{restore_s:>14.2f} s")
+    print(f"{'range sum p95 after restore':28}{range_p95:>14.3f} ms")
     print(json.dumps(result))
 
 
