@@ -46,11 +46,16 @@ print(json.dumps(out))
 
 
 def measure(tree: Path | None) -> dict[str, float]:
-    env = dict(os.environ)
-    if tree is not None:
-        env["PYTHONPATH"] = str(tree)
+    # `python -c` puts the working directory first on sys.path: run inside the tree measured
+    root = tree if tree is not None else Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
     done = subprocess.run(
-        [sys.executable, "-c", PROBE], capture_output=True, text=True, env=env, check=True
+        [sys.executable, "-c", PROBE],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+        check=True,
     )
     result: dict[str, float] = json.loads(done.stdout)
     return result

@@ -76,8 +76,8 @@ class Engine:
             self.store.check(mutation)
         return mutation if answer is None else Immediate(answer)
 
-    def apply(self, mutation: m.Mutation) -> object:
-        response = self._apply(mutation)
+    def apply(self, mutation: m.Mutation, *, checked: bool = False) -> object:
+        response = self._apply(mutation, checked=checked)
         key = mutation.idem_key() if isinstance(mutation, m.Idempotent) else None
         if key is not None and isinstance(mutation, m.Idempotent):
             self._remember(mutation, key, response)
@@ -88,9 +88,9 @@ class Engine:
         record = Record(key, canon.command, canon.digest(), response, mutation.idem_created())
         self.idempotency.remember(record)
 
-    def _apply(self, mutation: m.Mutation) -> object:
+    def _apply(self, mutation: m.Mutation, *, checked: bool = False) -> object:
         if type(mutation) in _PLAIN_STORE_MUTATIONS:
-            return self.store.apply(mutation)
+            return self.store.apply(mutation, checked=checked)
         if isinstance(mutation, m.IngestBegin):
             return self.ingest.apply_begin(mutation)
         if isinstance(mutation, m.IngestChunk):
@@ -101,7 +101,7 @@ class Engine:
             return self.ingest.apply_abort(mutation)
         if isinstance(mutation, m.IdempotencyPrune):
             return {"deleted": self.idempotency.prune(mutation.before, mutation.limit)}
-        response = self.store.apply(mutation)
+        response = self.store.apply(mutation, checked=checked)
         if isinstance(mutation, m.BatchAdd | m.BatchSet):
             self._batch_write(len(mutation.items))
         elif isinstance(mutation, m.BatchReset | m.BatchDeleteRange):

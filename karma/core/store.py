@@ -14,7 +14,7 @@ from typing import Any, Final
 import attrs
 
 from karma.core import mutations as m
-from karma.core.series import Series
+from karma.core.series import Counter, Series
 from karma.errors import KarmaError
 from karma.protocol.fields import U64_MAX
 
@@ -50,8 +50,11 @@ class Store:
         if checker is not None:
             checker(self, mutation)
 
-    def apply(self, mutation: m.Mutation) -> object:
-        self.check(mutation)
+    def apply(self, mutation: m.Mutation, *, checked: bool = False) -> object:
+        """Apply; `checked=True` skips the preconditions when `check` just ran, with nothing
+        in between (no await), so the state they saw is the state applied to."""
+        if not checked:
+            self.check(mutation)
         return _APPLY[type(mutation)](self, mutation)
 
     def _create(self, mut: m.CreateSeries) -> object:
@@ -73,9 +76,12 @@ class Store:
         return mut.value
 
     def _batch_add(self, mut: m.BatchAdd) -> object:
-        series = self.pick(mut.series)
-        for key, bucket, value in mut.items:
-            series.get_or_create(key).add(bucket, value)
+        counters = self.pick(mut.series).counters
+        for key, bucket, value in mut.items:  # per item: one dict lookup, one add
+            counter = counters.get(key)
+            if counter is None:
+                counter = counters[key] = Counter()
+            counter.add(bucket, value)
         return {"applied": len(mut.items), "total": sum(item[2] for item in mut.items)}
 
     def _batch_set(self, mut: m.BatchSet) -> object:

@@ -168,7 +168,8 @@ class Node:
             self.record(started, failed=False, request=request)
             return envelope.encode_ok_checked(mutation.response, self.config.max_response_bytes)
         if self.writer is None:
-            response = self.engine.apply(mutation)
+            # checked just above, synchronously: nothing can have changed in between
+            response = self.engine.apply(mutation, checked=True)
             self.record(started, failed=False, request=request)
             return envelope.encode_ok_checked(response, self.config.max_response_bytes)
         return Waiting(self, self.writer.submit_nowait(mutation), started, request)
