@@ -177,3 +177,53 @@ async def test_random_bytes_and_json_never_kill_the_server_nor_lose_data(
         answer = await writer.call(str(doc.pop("op", "counter.sum")), **doc)
         assert answer["error_code"] != "internal_error", (seed, doc, answer)
     assert (await writer.call("counter.sum", series=S, key=1))["response"] >= 41
+
+
+async def test_a_large_read_past_the_query_timeout_is_refused_and_counted(
+    nursery: trio.Nursery, tmp_path: Path, connect: Connect
+) -> None:
+    server = await start_server(
+        nursery, tmp_path, query_timeout_ms=1, max_request_bytes=1 << 20, wal=False
+    )
+    client = await connect(server.port)
+    for start in range(0, 200_000, 5000):
+        items = [[key, B1, 1] for key in range(start, start + 5000)]
+        assert (await client.call("series.batch_add", series=S, items=items))["success"]
+    answer = await client.call("tree.top", series=S, limit=10)
+    assert answer["error_code"] == "query_timeout"
+    assert (await client.call("system.stats"))["response"]["query_timeout_count"] == 1
+    assert (await client.call("counter.sum", series=S, key=7))["response"] == 1
+
+
+async def test_a_client_that_stops_reading_is_cut_after_the_write_timeout(
+    nursery: trio.Nursery, tmp_path: Path, connect: Connect
+) -> None:
+    server = await start_server(
+        nursery, tmp_path, write_timeout=0.3, max_request_bytes=1 << 20, max_response_bytes=0
+    )
+    client = await connect(server.port)
+    await client.call("series.batch_add", series=S, items=[[k, B1, 1] for k in range(2000)])
+    big = (
+        json.dumps(
+            {"v": 2, "op": "counter.batch_sum", "series": S, "keys": list(range(10_000))}
+        ).encode()
+        + b"\n"
+    )
+    cut_while_sending = False
+    try:
+        with trio.fail_after(30):  # without a write timeout both sides would block forever
+            await client.send_raw(big * 200)  # ~60 MB of answers that nobody reads
+    except trio.BrokenResourceError:
+        cut_while_sending = True  # the server already gave up on us
+    await trio.sleep(1.5)
+    received = 0
+    with trio.fail_after(10):
+        try:
+            while True:
+                chunk = await client.stream.receive_some(1 << 20)
+                if not chunk:
+                    break  # the server gave up on us: closed...
+                received += len(chunk)
+        except trio.BrokenResourceError:
+            pass  # ...or reset, with our unread requests still in its buffer
+    assert cut_while_sending or received < 200 * 250_000
