@@ -170,9 +170,12 @@ class Node:
         if self.writer is None:
             # checked just above, synchronously: nothing can have changed in between
             response = self.engine.apply(mutation, checked=True)
-            self.record(started, failed=False, request=request)
-            return envelope.encode_ok_checked(response, self.config.max_response_bytes)
-        return Waiting(self, self.writer.submit_nowait(mutation), started, request)
+        elif self.writer.can_write_now():
+            response = self.writer.write_now(mutation)
+        else:
+            return Waiting(self, self.writer.submit_nowait(mutation), started, request)
+        self.record(started, failed=False, request=request)
+        return envelope.encode_ok_checked(response, self.config.max_response_bytes)
 
     async def _commit(self, mutation: m.Mutation) -> object:
         """Log and apply one mutation, waiting for it; raises its error."""

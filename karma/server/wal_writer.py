@@ -46,6 +46,8 @@ class WalWriter:
     _receive: trio.MemoryReceiveChannel[Pending] = attrs.field(init=False)
     _disk: trio.CapacityLimiter = attrs.field(init=False)
     _file_lock: trio.Lock = attrs.field(init=False, factory=trio.Lock)
+    #: True from the moment a batch leaves the queue until it is written and applied
+    _busy: bool = attrs.field(init=False, default=False)
     batches: int = 0
 
     def __attrs_post_init__(self) -> None:
@@ -63,6 +65,7 @@ class WalWriter:
         task_status.started()
         while True:
             batch = [await self._receive.receive()]
+            self._busy = True
             await trio.lowlevel.checkpoint()  # let other ready connections queue their writes
             self._drain(batch)
             if self.batch_wait_us and len(batch) < self.batch_size:
@@ -74,6 +77,38 @@ class WalWriter:
                 # a dequeued batch is finished even at shutdown: its clients are waiting
                 async with self._file_lock:
                     await self._write(batch)
+            self._busy = False
+
+    def can_write_now(self) -> bool:
+        """True when a write may be logged and applied right here, synchronously.
+
+        Only without fsync (a page-cache write costs microseconds, less than waking this task),
+        and only when nothing else is queued, being written or holding the file: then every
+        write submitted before is already applied, so order is kept (on each connection too).
+        """
+        return (
+            not self.wal.fsync
+            and not self._busy
+            and not self._file_lock.locked()
+            and self._receive.statistics().current_buffer_used == 0
+        )
+
+    def write_now(self, mutation: m.Mutation) -> object:
+        """Log and apply one mutation synchronously (see `can_write_now`); raises KarmaError."""
+        lsn = self.status.wal_current_lsn + 1
+        line = wal_codec.encode_line(lsn, m.encode(mutation))
+        try:
+            rotated = self.wal.append(line, [(lsn, 0)])
+        except OSError as exc:
+            self.log.error("wal.write_failed", error=str(exc), records=1)
+            raise KarmaError(
+                ErrorCode.INTERNAL_ERROR, f"WAL write failed: {exc.strerror or exc}"
+            ) from exc
+        if rotated is not None:
+            self.log.info("wal.rotate", segment=rotated, first_lsn_after=lsn)
+        self.status.wal_current_lsn = lsn
+        self.status.wal_bytes = self.wal.total_bytes
+        return self.engine.apply(mutation)  # total: on a late refusal nothing changed
 
     async def reset_to(self, lsn: int) -> None:
         """Empty the WAL and continue numbering after `lsn` (a replica's new bootstrap)."""

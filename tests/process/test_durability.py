@@ -75,7 +75,9 @@ CYCLES = int(os.environ.get("KARMA_CRASH_CYCLES", "6"))
 
 
 @pytest.mark.crash
-def test_acknowledged_writes_survive_repeated_sigkill(proc: Proc) -> None:
+@pytest.mark.parametrize("fsync", ["true", "false"])  # batched writes / synchronous writes
+def test_acknowledged_writes_survive_repeated_sigkill(proc: Proc, fsync: str) -> None:
+    proc.flags = [f"--wal-fsync={fsync}", "--log=true"]
     rng = random.Random()
     seed = rng.randrange(1 << 30)
     rng.seed(seed)
