@@ -103,8 +103,6 @@ class Option:
     default: object
     parse: Callable[[str], object]
     help: str
-    #: Which issue or component uses it, shown in the docs when not yet active.
-    note: str = ""
 
     @property
     def attr(self) -> str:
@@ -261,7 +259,6 @@ OPTIONS: Final[tuple[Option, ...]] = (
         None,
         parse_text,
         "Master host a slave polls.",
-        "issue 7",
     ),
     Option(
         "--replication-source-port",
@@ -269,7 +266,6 @@ OPTIONS: Final[tuple[Option, ...]] = (
         8080,
         parse_port,
         "Master port a slave polls.",
-        "issue 7",
     ),
     Option(
         "--replication-token",
@@ -277,7 +273,6 @@ OPTIONS: Final[tuple[Option, ...]] = (
         None,
         parse_token,
         "Token a slave sends to its master.",
-        "issue 7",
     ),
     Option(
         "--replication-poll-interval-ms",
@@ -285,7 +280,6 @@ OPTIONS: Final[tuple[Option, ...]] = (
         1000,
         parse_positive,
         "How often a slave polls its master.",
-        "issue 7",
     ),
     Option(
         "--replication-batch-size",
@@ -293,7 +287,6 @@ OPTIONS: Final[tuple[Option, ...]] = (
         1000,
         parse_positive,
         "Most WAL entries fetched by one poll.",
-        "issue 7",
     ),
     Option(
         "--metrics-bind",
@@ -415,6 +408,7 @@ def reference_markdown() -> str:
         "|---|---|---|---|",
     ]
     for option in OPTIONS:
-        meaning = option.help + (" (accepted and validated; not active yet)" if option.note else "")
-        rows.append(f"| `{option.flag}` | `{option.env}` | `{option.default_text}` | {meaning} |")
+        rows.append(
+            f"| `{option.flag}` | `{option.env}` | `{option.default_text}` | {option.help} |"
+        )
     return "\n".join(rows) + "\n"
