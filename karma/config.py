@@ -407,8 +407,8 @@ def reference_markdown() -> str:
         "| Option | Environment | Default | Meaning |",
         "|---|---|---|---|",
     ]
-    for option in OPTIONS:
-        rows.append(
-            f"| `{option.flag}` | `{option.env}` | `{option.default_text}` | {option.help} |"
-        )
+    rows.extend(
+        f"| `{option.flag}` | `{option.env}` | `{option.default_text}` | {option.help} |"
+        for option in OPTIONS
+    )
     return "\n".join(rows) + "\n"
