@@ -119,7 +119,6 @@ def _load_idempotency(directory: Path, engine: Engine) -> int:
         return 0
     try:
         document = msgspec.json.decode(path.read_bytes())
-        meta = msgspec.json.decode((directory / (path.name + ".meta.json")).read_bytes())
     except (msgspec.DecodeError, OSError) as exc:
         raise RestoreError(f"{path}: {exc}") from exc
     if not isinstance(document, dict):
@@ -127,6 +126,12 @@ def _load_idempotency(directory: Path, engine: Engine) -> int:
     engine.idempotency.load(document.get("records") or [])
     engine.ingest.load_committed(document.get("committed_streams") or [])
     engine.ingest.load_open(document.get("open_streams") or [], snapshot_codec.decode_series)
+    try:
+        meta = msgspec.json.decode((directory / (path.name + ".meta.json")).read_bytes())
+    except (msgspec.DecodeError, OSError):
+        # written after the document, so a crash in between loses it; the WAL was not
+        # truncated then, and replaying its idempotency and ingest records again is harmless
+        return 0
     return int(meta.get("last_lsn", 0)) if isinstance(meta, dict) else 0
 
 

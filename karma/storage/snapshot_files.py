@@ -35,6 +35,13 @@ class SnapshotFile:
     def meta_path(self) -> Path:
         return self.path.with_name(self.path.name + ".meta.json")
 
+    def has_meta(self) -> bool:
+        try:
+            snapshot_codec.decode_meta(self.meta_path.read_bytes())
+        except (OSError, ValueError):
+            return False
+        return True
+
     def meta(self) -> Meta:
         """The sidecar, or what can be derived without one (karma 1.0: `last_lsn` 0)."""
         try:
@@ -64,9 +71,17 @@ def list_snapshots(directory: Path) -> list[SnapshotFile]:
 
 
 def latest_by_series(directory: Path) -> dict[str, SnapshotFile]:
+    """The newest *complete* snapshot of each series.
+
+    A `.tree` is written before its `.meta.json`, so one without a sidecar is a snapshot that a
+    crash interrupted: the WAL was not truncated for it (truncation comes after every sidecar),
+    so the older snapshot plus the WAL restore everything, and trusting it with an unknown LSN
+    would count its writes twice.
+    """
     latest: dict[str, SnapshotFile] = {}
     for snapshot in list_snapshots(directory):
-        latest.setdefault(snapshot.series, snapshot)
+        if snapshot.series not in latest and snapshot.has_meta():
+            latest[snapshot.series] = snapshot
     return latest
 
 
@@ -89,6 +104,10 @@ def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
 def write_snapshot(
     directory: Path, series: str, data: bytes, timestamp: int, last_lsn: int
 ) -> Meta:
+    # never overwrite an existing snapshot (two in one second): if this one is cut short by a
+    # crash, the older one must still be there, sidecar and all
+    while (directory / f"{timestamp}_{series}.tree").exists():
+        timestamp += 1
     name = f"{timestamp}_{series}.tree"
     atomic_write(directory / name, data, sync_dir=False)
     meta = Meta(tree=series, file=name, timestamp=timestamp, last_lsn=last_lsn, bytes=len(data))

@@ -101,19 +101,32 @@ def test_acknowledged_writes_survive_repeated_sigkill(proc: Proc, fsync: str) ->
             sent.setdefault(writer.key, []).extend(writer.sent)
     proc.start()
     client = Client(proc.port)
-    total_acked = sum(len(v) for v in acked.values())
-    assert total_acked > 0, f"seed {seed}: no write was acknowledged"
-    for key in range(writers_per_cycle):
-        value = client.call("counter.sum", series=S, key=key)["response"]
-        assert len(acked[key]) <= value <= len(sent[key]), (seed, key, value)
-        # retrying every write that was sent leaves exactly one count per write
-        for ident in sent[key]:
-            answer = client.call(
-                "counter.increment", series=S, key=key, value=1, bucket=B1, idempotency_key=ident
+    try:
+        total_acked = sum(len(v) for v in acked.values())
+        assert total_acked > 0, f"seed {seed}: no write was acknowledged"
+        for key in range(writers_per_cycle):
+            value = client.call("counter.sum", series=S, key=key)["response"]
+            assert len(acked[key]) <= value <= len(sent[key]), (
+                seed,
+                key,
+                value,
+                len(acked[key]),
+                len(sent[key]),
             )
-            assert answer["success"], (seed, answer)
-        assert client.call("counter.sum", series=S, key=key)["response"] == len(sent[key])
-    client.close()
+            # retrying every write that was sent leaves exactly one count per write
+            for ident in sent[key]:
+                answer = client.call(
+                    "counter.increment",
+                    series=S,
+                    key=key,
+                    value=1,
+                    bucket=B1,
+                    idempotency_key=ident,
+                )
+                assert answer["success"], (seed, answer)
+            assert client.call("counter.sum", series=S, key=key)["response"] == len(sent[key])
+    finally:
+        client.close()
     print(f"crash test: {CYCLES} kill cycles, {total_acked} acknowledged writes, seed {seed}")
 
 
@@ -311,3 +324,36 @@ def test_no_port_is_left_open(proc: Proc) -> None:
     proc.stop()
     with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port)):
         pass
+
+
+def test_a_snapshot_cut_short_before_its_sidecars_neither_loses_nor_doubles(proc: Proc) -> None:
+    """A crash between writing a `.tree` and its `.meta.json` (or the idempotency sidecar)."""
+    proc.start()
+    client = Client(proc.port)
+    client.call("counter.increment", series=S, key=1, value=5, bucket=B1)
+    client.call("snapshot.create_all")  # complete: truncates the WAL through LSN 1
+    client.call("counter.increment", series=S, key=1, value=7, bucket=B1, idempotency_key="k")
+    client.call("snapshot.create_all")  # this one we damage as if killed mid-way
+    client.call("counter.increment", series=S, key=1, value=100, bucket=B1)
+    client.close()
+    proc.kill()
+    newest = max(proc.directory.glob("*.tree"), key=lambda p: int(p.name.split("_")[0]))
+    newest.with_name(newest.name + ".meta.json").unlink()
+    (proc.directory / "karma.idempotency.json.meta.json").unlink()
+    # the WAL was not truncated by an interrupted snapshot: put back what it held
+    wal = proc.directory / "karma.wal"
+    lines = wal.read_bytes()
+    wal.write_bytes(
+        b'{"v":2,"lsn":2,"entry":{"v":2,"op":"counter.increment","series":"'
+        + S.encode()
+        + b'","key":1,"bucket":20260501,"value":7,"idempotency_key":"k",'
+        b'"idempotency_created_at_unix":1795000000}}\n' + lines
+    )
+    proc.start()
+    client = Client(proc.port)
+    assert client.call("counter.sum", series=S, key=1)["response"] == 112
+    retry = client.call(
+        "counter.increment", series=S, key=1, value=7, bucket=B1, idempotency_key="k"
+    )
+    assert retry["idempotent"] is True
+    client.close()
