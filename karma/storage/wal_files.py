@@ -50,6 +50,8 @@ def read_lsn_file(directory: Path) -> int:
     if not path.exists():
         return 0
     text = path.read_text().strip()
+    if not text:
+        return 0  # cut short by a crash (karma 1.0 rewrote it in place); snapshots carry the LSN
     if not text.isdigit():
         raise WalCorruptError(f"{path}: not an LSN: {text[:40]!r}")
     return int(text)
@@ -201,11 +203,13 @@ class ActiveWal:
                 os.fsync(handle.fileno())
         os.replace(temp, active)
         lsn_file = self.directory / LSN_FILE
-        with open(lsn_file, "w") as handle:
+        temp = self.directory / f".{LSN_FILE}.{os.getpid()}.tmp"
+        with open(temp, "w") as handle:  # replaced whole: a crash never leaves it half written
             handle.write(f"{current_lsn}\n")
             handle.flush()
             if self.fsync:
                 os.fsync(handle.fileno())
+        os.replace(temp, lsn_file)
         fsync_directory(self.directory)
         self._handle = os.open(active, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         shift = keep_from or 0
