@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Callable
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import attrs
 import msgspec
@@ -23,9 +23,7 @@ from karma.core.ingest import Ingest
 from karma.core.series import Series
 from karma.core.store import Store
 from karma.protocol import requests as r
-from karma.protocol.optable import ALL_CLASSES
-
-T = TypeVar("T")
+from karma.protocol.optable import by_class
 
 
 @attrs.frozen
@@ -49,10 +47,7 @@ class Engine:
 
     @staticmethod
     def normalize(request: r.Request, today: int, now: int) -> m.Mutation:
-        normalizer = _NORMALIZE_EXACT.get(type(request))
-        if normalizer is None:
-            normalizer = _lookup(_NORMALIZE, type(request))
-        return normalizer(request, today, now)
+        return _NORMALIZE_BY_CLASS[type(request)](request, today, now)  # KeyError: not a write
 
     def check(self, mutation: m.Mutation) -> m.Mutation | Immediate:
         """Raise what applying would raise, or answer a write that changes nothing."""
@@ -151,7 +146,7 @@ class Engine:
 
     # --- reads -------------------------------------------------------------------------------
     def read(self, request: r.Request, budget: AnyBudget) -> object:
-        return _lookup(_READS, type(request))(self, request, budget)
+        return _READS_BY_CLASS[type(request)](self, request, budget)
 
     def sum(self, req: r.Sum, budget: AnyBudget) -> object:
         return self.store.get(req.name).sum(req.key, r.opt(req.range))
@@ -279,15 +274,6 @@ class Engine:
         return answer
 
 
-def _lookup(table: dict[type, T], cls: type) -> T:
-    """The entry for `cls` or its nearest base (aliases are subclasses of their op)."""
-    for parent in cls.__mro__:
-        found = table.get(parent)
-        if found is not None:
-            return found
-    raise LookupError(f"no entry for {cls.__name__}")
-
-
 _NORMALIZE: Final[dict[type, Callable[[Any, int, int], m.Mutation]]] = {
     r.TreeCreate: lambda q, today, now: m.CreateSeries(series=q.name),
     r.TreeDrop: lambda q, today, now: m.DropSeries(series=q.name),
@@ -339,14 +325,6 @@ _NORMALIZE: Final[dict[type, Callable[[Any, int, int], m.Mutation]]] = {
     r.IdempotencyPrune: lambda q, today, now: m.IdempotencyPrune(
         before=q.before_unix, limit=r.opt(q.limit)
     ),
-}
-
-
-#: the same table keyed by every concrete class, aliases included: one dict lookup per write
-_NORMALIZE_EXACT: Final = {
-    cls: _lookup(_NORMALIZE, cls)
-    for cls in ALL_CLASSES
-    if any(issubclass(cls, base) for base in _NORMALIZE)
 }
 
 
@@ -419,11 +397,9 @@ _READS: Final[dict[type, Callable[[Engine, Any, AnyBudget], object]]] = {
 }
 
 
-def _with_aliases(table: dict[type, object]) -> frozenset[type]:
-    return frozenset(cls for cls in ALL_CLASSES if any(issubclass(cls, base) for base in table))
-
-
+_NORMALIZE_BY_CLASS: Final = by_class(_NORMALIZE)
+_READS_BY_CLASS: Final = by_class(_READS)
 #: Request classes (aliases included) the engine answers by itself; the others need the shell.
-ENGINE_READS: Final = _with_aliases(_READS)  # type: ignore[arg-type]
+ENGINE_READS: Final = frozenset(_READS_BY_CLASS)
 #: Request classes (aliases included) that change the store and go through the WAL.
-WRITES: Final = _with_aliases(_NORMALIZE)  # type: ignore[arg-type]
+WRITES: Final = frozenset(_NORMALIZE_BY_CLASS)

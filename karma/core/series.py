@@ -8,7 +8,7 @@ them in the order they were first written. A counter whose buckets were all remo
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Final
 
 import attrs
@@ -182,6 +182,3 @@ class Series:
     @property
     def total(self) -> int:
         return sum(c.total for c in self.counters.values())
-
-
-Tick = Callable[[], None]

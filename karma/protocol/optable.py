@@ -8,8 +8,9 @@ only) and what the WAL logs (WRITE). The internal name appears in `forbidden` me
 from __future__ import annotations
 
 import typing
+from collections.abc import Mapping
 from enum import Enum
-from typing import Final
+from typing import Final, TypeVar
 
 import attrs
 
@@ -31,8 +32,11 @@ class OpSpec:
 
     @property
     def tags(self) -> list[str]:
-        return [r.op_tag(cls) for cls in _with_aliases(self.request)]
+        """The op's wire name, then its aliases'."""
+        return [r.op_tag(cls) for cls, spec in SPEC_BY_CLASS.items() if spec is self]
 
+
+T = TypeVar("T")
 
 R, W, A = Access.READ, Access.WRITE, Access.ADMIN
 
@@ -91,35 +95,25 @@ SPECS: Final[tuple[OpSpec, ...]] = (
 ALL_CLASSES: Final[tuple[type[r.Request], ...]] = typing.get_args(r.AnyRequest)
 
 
-def _with_aliases(base: type[r.Request]) -> list[type[r.Request]]:
-    """The class and its alias subclasses (those without a spec of their own)."""
-    own = {spec.request for spec in SPECS}
-    return [
-        cls for cls in ALL_CLASSES if cls is base or (cls not in own and _spec_base(cls) is base)
-    ]
+def by_class(table: Mapping[type, T]) -> dict[type[r.Request], T]:
+    """`table` keyed by every concrete request class, aliases included.
 
-
-def _spec_base(cls: type[r.Request]) -> type[r.Request] | None:
-    own = {spec.request for spec in SPECS}
-    for parent in cls.__mro__:
-        if parent in own:
-            return parent
-    return None
-
-
-def _build() -> dict[type[r.Request], OpSpec]:
-    by_request = {spec.request: spec for spec in SPECS}
-    table: dict[type[r.Request], OpSpec] = {}
+    An alias is a subclass of its op's Struct, so each class takes the entry of its nearest
+    base in the table; classes with no base there are left out. Built once at import, so a
+    lookup on the hot path is one dict access.
+    """
+    expanded: dict[type[r.Request], T] = {}
     for cls in ALL_CLASSES:
-        base = _spec_base(cls)
-        if base is None:
-            raise RuntimeError(f"no OpSpec for {cls.__name__}")
-        table[cls] = by_request[base]
-    return table
+        base = next((parent for parent in cls.__mro__ if parent in table), None)
+        if base is not None:
+            expanded[cls] = table[base]
+    return expanded
 
 
 #: request class → spec, aliases included.
-SPEC_BY_CLASS: Final[dict[type[r.Request], OpSpec]] = _build()
+SPEC_BY_CLASS: Final[dict[type[r.Request], OpSpec]] = by_class({s.request: s for s in SPECS})
+if len(SPEC_BY_CLASS) != len(ALL_CLASSES):
+    raise RuntimeError("a request class of the union has no OpSpec")
 #: wire op tag → request class.
 CLASS_BY_TAG: Final[dict[str, type[r.Request]]] = {r.op_tag(cls): cls for cls in ALL_CLASSES}
 #: request class → wire op tag (metrics label per op; aliases keep their own name).

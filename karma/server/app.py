@@ -10,7 +10,6 @@ Restore happens before the first listener opens, so no client sees a half-restor
 
 from __future__ import annotations
 
-import gc
 import math
 import signal
 import time
@@ -102,7 +101,6 @@ async def serve(
     if shutdown is None:  # not `shutdown or ...`: a trio.Event refuses bool()
         shutdown = trio.Event()
     prepared = await trio.to_thread.run_sync(_prepare, config, log)
-    _tune_gc()
     engine, status, wal = prepared.engine, prepared.status, prepared.wal
     writer = None
     if wal is not None:
@@ -173,19 +171,6 @@ async def serve(
         if wal is not None:
             wal.close()
     log.info("server.stopped", lsn=status.wal_current_lsn)
-
-
-def _tune_gc() -> None:
-    """Keep the cyclic GC off the hot path.
-
-    The store is millions of small objects that never form cycles; a full collection walks all
-    of them and stalled requests for tens of milliseconds. Restored data is frozen out of the
-    collector, and the young generation is collected less often (requests allocate a lot of
-    short-lived, acyclic objects).
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 1_000)
 
 
 async def _final_snapshot(snapshots: Snapshotter, config: Config, log: Logger) -> None:

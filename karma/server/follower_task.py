@@ -24,6 +24,7 @@ from karma.config import Config
 from karma.core import mutations as m
 from karma.core.counters import NodeStatus
 from karma.core.engine import Engine
+from karma.core.idempotency import IdempotencyTable
 from karma.errors import ErrorCode, KarmaError
 from karma.observability.logs import Logger
 from karma.protocol.decode import decode
@@ -263,18 +264,12 @@ class Follower:
                 idem_meta,
                 await self._fetch("idempotency.snapshot_fetch_chunk", idem_meta),
             )
-        fresh = Engine(
-            idempotency=self.engine.idempotency.__class__(
-                self.engine.idempotency.max_records, self.engine.idempotency.max_age_seconds
-            )
-        )
+        limits = self.engine.idempotency
+        fresh = Engine(idempotency=IdempotencyTable(limits.max_records, limits.max_age_seconds))
         await trio.to_thread.run_sync(self._install, trees, idempotency)
         restored = await trio.to_thread.run_sync(self._load, fresh)
-        lsn = (
-            min([restored.snapshot_state_lsn, *restored.cuts.values()], default=0)
-            if (restored.cuts or restored.snapshot_state_lsn)
-            else 0
-        )
+        # resume after the oldest cut: newer entries are filtered per series as they arrive
+        lsn = min([restored.snapshot_state_lsn, *restored.cuts.values()])
         await self._reset_wal(lsn)
         # the swap: synchronous, so no request sees half of the old and half of the new data
         self.engine.store.series = fresh.store.series

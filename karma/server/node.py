@@ -126,7 +126,7 @@ class Node:
             if cls in _SEQUENTIAL:
                 response = await self._write_and_wait(request)
             else:
-                response = await _lookup(_ASYNC, cls)(self, request)
+                response = await _ASYNC_BY_CLASS[cls](self, request)
         except KarmaError as exc:
             return self._refuse(exc, started, request)
         except Exception as exc:  # noqa: BLE001 - a bug: logged below, answered, server keeps serving
@@ -236,7 +236,10 @@ class Node:
         cls = type(request)
         if cls in ENGINE_READS:
             return self.engine.read(request, self._budget())
-        return _lookup(_SHELL, cls)(self, request)
+        handler = _SHELL_BY_CLASS.get(cls)
+        if handler is None:
+            raise KarmaError(ErrorCode.INTERNAL_ERROR, f"{r.op_tag(cls)} has no handler")
+        return handler(self, request)
 
     def _budget(self) -> AnyBudget:
         if not self.config.query_timeout_ms:
@@ -500,13 +503,6 @@ def _memory_bytes() -> int:
         return 0
 
 
-def _lookup(table: dict[type, Any], cls: type) -> Any:
-    for parent in cls.__mro__:
-        if parent in table:
-            return table[parent]
-    raise KarmaError(ErrorCode.INTERNAL_ERROR, f"{r.op_tag(cls)} has no handler")
-
-
 _SHELL: Final[dict[type, Callable[[Node, Any], object]]] = {
     r.Ping: Node.ping,
     r.Health: Node.health,
@@ -535,7 +531,9 @@ _ASYNC: Final[dict[type, Callable[[Node, Any], Awaitable[object]]]] = {
 _SEQUENTIAL: Final = frozenset(
     {r.IngestBegin, r.IngestChunk, r.IngestCommit, r.IngestAbort, r.IdempotencyPrune}
 )
-_ASYNC_OR_SEQUENTIAL: Final = frozenset(_ASYNC) | _SEQUENTIAL
+_SHELL_BY_CLASS: Final = optable.by_class(_SHELL)
+_ASYNC_BY_CLASS: Final = optable.by_class(_ASYNC)
+_ASYNC_OR_SEQUENTIAL: Final = frozenset(_ASYNC_BY_CLASS) | _SEQUENTIAL
 #: request classes (aliases included) whose idempotency key makes them keyed writes
 _KEYED_CLASSES: Final = frozenset(
     cls for cls, spec in optable.SPEC_BY_CLASS.items() if spec.idempotent

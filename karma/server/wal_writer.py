@@ -95,20 +95,36 @@ class WalWriter:
 
     def write_now(self, mutation: m.Mutation) -> object:
         """Log and apply one mutation synchronously (see `can_write_now`); raises KarmaError."""
-        lsn = self.status.wal_current_lsn + 1
-        line = wal_codec.encode_line(lsn, m.encode(mutation))
+        first, data, starts = self._encode([mutation])
         try:
-            rotated = self.wal.append(line, [(lsn, 0)])
+            rotated = self.wal.append(data, starts)
         except OSError as exc:
-            self.log.error("wal.write_failed", error=str(exc), records=1)
-            raise KarmaError(
-                ErrorCode.INTERNAL_ERROR, f"WAL write failed: {exc.strerror or exc}"
-            ) from exc
-        if rotated is not None:
-            self.log.info("wal.rotate", segment=rotated, first_lsn_after=lsn)
-        self.status.wal_current_lsn = lsn
-        self.status.wal_bytes = self.wal.total_bytes
+            raise self._failed(exc, 1) from exc
+        self._logged(rotated, first, 1)
         return self.engine.apply(mutation)  # total: on a late refusal nothing changed
+
+    def _encode(self, mutations: list[m.Mutation]) -> tuple[int, bytes, list[tuple[int, int]]]:
+        """The batch's lines, numbered from the next LSN: (first LSN, bytes, line starts)."""
+        first = self.status.wal_current_lsn + 1
+        parts: list[bytes] = []
+        starts: list[tuple[int, int]] = []
+        offset = 0
+        for lsn, mutation in enumerate(mutations, first):
+            line = wal_codec.encode_line(lsn, m.encode(mutation))
+            starts.append((lsn, offset))
+            offset += len(line)
+            parts.append(line)
+        return first, b"".join(parts), starts
+
+    def _failed(self, exc: OSError, records: int) -> KarmaError:
+        self.log.error("wal.write_failed", error=str(exc), records=records)
+        return KarmaError(ErrorCode.INTERNAL_ERROR, f"WAL write failed: {exc.strerror or exc}")
+
+    def _logged(self, rotated: str | None, first: int, count: int) -> None:
+        if rotated is not None:
+            self.log.info("wal.rotate", segment=rotated, first_lsn_after=first)
+        self.status.wal_current_lsn = first + count - 1
+        self.status.wal_bytes = self.wal.total_bytes
 
     async def reset_to(self, lsn: int) -> None:
         """Empty the WAL and continue numbering after `lsn` (a replica's new bootstrap)."""
@@ -134,16 +150,7 @@ class WalWriter:
                 return
 
     async def _write(self, batch: list[Pending]) -> None:
-        first = self.status.wal_current_lsn + 1
-        parts: list[bytes] = []
-        starts: list[tuple[int, int]] = []
-        offset = 0
-        for lsn, pending in enumerate(batch, first):
-            line = wal_codec.encode_line(lsn, m.encode(pending.mutation))
-            starts.append((lsn, offset))
-            offset += len(line)
-            parts.append(line)
-        data = b"".join(parts)
+        first, data, starts = self._encode([pending.mutation for pending in batch])
         try:
             if self.wal.fsync:
                 rotated = await trio.to_thread.run_sync(
@@ -152,18 +159,12 @@ class WalWriter:
             else:
                 rotated = self.wal.append(data, starts)  # page cache: microseconds, no thread
         except OSError as exc:
-            self.log.error("wal.write_failed", error=str(exc), records=len(batch))
-            failure = KarmaError(
-                ErrorCode.INTERNAL_ERROR, f"WAL write failed: {exc.strerror or exc}"
-            )
+            failure = self._failed(exc, len(batch))
             for pending in batch:
                 pending.error = failure
                 pending.done.set()
             return
-        if rotated is not None:
-            self.log.info("wal.rotate", segment=rotated, first_lsn_after=first)
-        self.status.wal_current_lsn = first + len(batch) - 1
-        self.status.wal_bytes = self.wal.total_bytes
+        self._logged(rotated, first, len(batch))
         self.batches += 1
         for pending in batch:
             if not pending.apply:

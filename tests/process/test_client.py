@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 import trio
 
@@ -291,19 +292,13 @@ async def async_scenario(port: int) -> None:
             for _ in range(20):
                 await karma.record_usage(S, 77)
 
-        async with anyio_task_group() as group:
+        async with anyio.create_task_group() as group:
             for _ in range(32):
                 group.start_soon(work)
         assert await karma.usage(S, 77) == base + 640
         assert await karma.batch_sum(S, [77]) == {77: base + 640}
         with pytest.raises(k.NotFound):
             await karma.sum("nosuch", 1)
-
-
-def anyio_task_group():  # type: ignore[no-untyped-def]
-    import anyio
-
-    return anyio.create_task_group()
 
 
 def test_the_async_client_under_trio(server: Proc) -> None:
