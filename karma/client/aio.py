@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -142,8 +141,7 @@ class AsyncClient:
 
     async def run(self, call: Call[T], *, retries: int | None = None) -> T:
         budget = self.retries if retries is None else retries
-        if budget and call.op in calls.KEYED_OPS and "idempotency_key" not in call.fields:
-            call = call.with_key(uuid.uuid4().hex)
+        call = call.keyed_for(budget)
         attempt = 0
         while True:
             try:
@@ -153,7 +151,7 @@ class AsyncClient:
                 if not exc.retriable or attempt >= budget or not call.retry_safe:
                     raise
                 attempt += 1
-                await anyio.sleep(min(1.0, 0.05 * 2**attempt))
+                await anyio.sleep(calls.backoff(attempt))
 
     async def request(self, op: str, **fields: Any) -> Any:
         return await self.run(calls.simple(op, **fields))

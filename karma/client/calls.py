@@ -7,6 +7,7 @@ field names, day handling, result types — lives here once.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -107,8 +108,16 @@ class Call(Generic[T]):
     def retry_safe(self) -> bool:
         return self.op in READ_OPS or "idempotency_key" in self.fields
 
-    def with_key(self, key: str) -> Call[T]:
-        return attrs.evolve(self, fields={**self.fields, "idempotency_key": key})
+    def keyed_for(self, retries: int) -> Call[T]:
+        """This call, with a fresh idempotency key if it is a keyable write that may be resent."""
+        if not retries or self.op not in KEYED_OPS or "idempotency_key" in self.fields:
+            return self
+        return attrs.evolve(self, fields={**self.fields, "idempotency_key": uuid.uuid4().hex})
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before retry number `attempt` (1, 2, ...): doubling, capped at 1 s."""
+    return min(1.0, 0.05 * 2.0**attempt)
 
 
 def day(value: Day) -> int:

@@ -9,7 +9,6 @@ import select
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlsplit
@@ -202,8 +201,7 @@ class Client:
     def run(self, call: Call[T], *, retries: int | None = None) -> T:
         """Send one Call (see karma.client.calls), retrying as configured."""
         budget = self.retries if retries is None else retries
-        if budget and call.op in calls.KEYED_OPS and "idempotency_key" not in call.fields:
-            call = call.with_key(uuid.uuid4().hex)
+        call = call.keyed_for(budget)
         attempt = 0
         while True:
             try:
@@ -212,7 +210,7 @@ class Client:
                 if not exc.retriable or attempt >= budget or not call.retry_safe:
                     raise
                 attempt += 1
-                time.sleep(min(1.0, 0.05 * 2**attempt))
+                time.sleep(calls.backoff(attempt))
 
     def request(self, op: str, **fields: Any) -> Any:
         """Any op, raw: its `response` value (errors are raised)."""

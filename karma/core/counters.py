@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Final
 
 import attrs
@@ -116,26 +118,54 @@ class NodeStatus:
 
 
 @attrs.define(eq=False)
+class Attempts:
+    """Counts and times of one step a replica repeats (a poll, a bootstrap)."""
+
+    attempts: int = 0
+    successes: int = 0
+    errors: int = 0
+    last_attempt_unix: int = 0
+    last_success_unix: int = 0
+    last_error_unix: int = 0
+    last_error: str | None = None
+
+    @contextlib.contextmanager
+    def attempt(self, clock: Callable[[], float]) -> Iterator[None]:
+        """Count the block as one attempt; any exception in it counts as its error."""
+        self.attempts += 1
+        self.last_attempt_unix = int(clock())
+        try:
+            yield
+        except Exception as exc:
+            self.errors += 1
+            self.last_error_unix = int(clock())
+            self.last_error = str(exc) or type(exc).__name__
+            raise
+        self.successes += 1
+        self.last_success_unix = int(clock())
+        self.last_error = None
+
+    def fields(self, step: str) -> list[tuple[str, object]]:
+        return [
+            (f"replication_{step}_attempt_count", self.attempts),
+            (f"replication_{step}_success_count", self.successes),
+            (f"replication_{step}_error_count", self.errors),
+            (f"replication_last_{step}_attempt_unix", self.last_attempt_unix),
+            (f"replication_last_{step}_success_unix", self.last_success_unix),
+            (f"replication_last_{step}_error_unix", self.last_error_unix),
+            (f"replication_last_{step}_error", self.last_error),
+        ]
+
+
+@attrs.define(eq=False)
 class ReplicationState:
     """A replica's view of its master, for replication.status, stats and metrics."""
 
     source_lsn: int = 0
     entries_applied: int = 0
     last_received_unix: int = 0
-    poll_attempt_count: int = 0
-    poll_success_count: int = 0
-    poll_error_count: int = 0
-    last_poll_attempt_unix: int = 0
-    last_poll_success_unix: int = 0
-    last_poll_error_unix: int = 0
-    last_poll_error: str | None = None
-    bootstrap_attempt_count: int = 0
-    bootstrap_success_count: int = 0
-    bootstrap_error_count: int = 0
-    last_bootstrap_attempt_unix: int = 0
-    last_bootstrap_success_unix: int = 0
-    last_bootstrap_error_unix: int = 0
-    last_bootstrap_error: str | None = None
+    poll: Attempts = attrs.field(factory=Attempts)
+    bootstrap: Attempts = attrs.field(factory=Attempts)
 
     def fields(self, replayed_lsn: int) -> list[tuple[str, object]]:
         """karma 1.0's replication fields, in its order."""
@@ -144,18 +174,6 @@ class ReplicationState:
             ("replication_lag_entries", max(0, self.source_lsn - replayed_lsn)),
             ("replication_entries_applied", self.entries_applied),
             ("replication_last_received_unix", self.last_received_unix),
-            ("replication_poll_attempt_count", self.poll_attempt_count),
-            ("replication_poll_success_count", self.poll_success_count),
-            ("replication_poll_error_count", self.poll_error_count),
-            ("replication_last_poll_attempt_unix", self.last_poll_attempt_unix),
-            ("replication_last_poll_success_unix", self.last_poll_success_unix),
-            ("replication_last_poll_error_unix", self.last_poll_error_unix),
-            ("replication_last_poll_error", self.last_poll_error),
-            ("replication_bootstrap_attempt_count", self.bootstrap_attempt_count),
-            ("replication_bootstrap_success_count", self.bootstrap_success_count),
-            ("replication_bootstrap_error_count", self.bootstrap_error_count),
-            ("replication_last_bootstrap_attempt_unix", self.last_bootstrap_attempt_unix),
-            ("replication_last_bootstrap_success_unix", self.last_bootstrap_success_unix),
-            ("replication_last_bootstrap_error_unix", self.last_bootstrap_error_unix),
-            ("replication_last_bootstrap_error", self.last_bootstrap_error),
+            *self.poll.fields("poll"),
+            *self.bootstrap.fields("bootstrap"),
         ]

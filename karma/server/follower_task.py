@@ -152,25 +152,16 @@ class Follower:
     # --- polling -------------------------------------------------------------------------------
     async def poll(self) -> bool:
         """Fetch and apply one page of entries; True when the page was full."""
-        state = self.status.replication
-        state.poll_attempt_count += 1
-        state.last_poll_attempt_unix = int(time.time())
-        try:
+        with self.status.replication.poll.attempt(time.time):
             page = await self.link.call(
                 "replication.entries",
                 after_lsn=self.status.wal_current_lsn,
                 limit=self.config.replication_batch_size,
             )
-            state.source_lsn = max(state.source_lsn, int(page.get("source_lsn") or 0))
+            self.status.replication.source_lsn = max(
+                self.status.replication.source_lsn, int(page.get("source_lsn") or 0)
+            )
             await self._apply(page.get("entries") or [])
-        except ReplicationError as exc:
-            state.poll_error_count += 1
-            state.last_poll_error_unix = int(time.time())
-            state.last_poll_error = str(exc)
-            raise
-        state.poll_success_count += 1
-        state.last_poll_success_unix = int(time.time())
-        state.last_poll_error = None
         return int(page.get("count") or 0) >= self.config.replication_batch_size
 
     async def _apply(self, entries: list[dict[str, Any]]) -> None:
@@ -236,19 +227,8 @@ class Follower:
 
     # --- bootstrap -----------------------------------------------------------------------------
     async def bootstrap(self) -> None:
-        state = self.status.replication
-        state.bootstrap_attempt_count += 1
-        state.last_bootstrap_attempt_unix = int(time.time())
-        try:
+        with self.status.replication.bootstrap.attempt(time.time):
             lsn = await self._bootstrap()
-        except ReplicationError as exc:
-            state.bootstrap_error_count += 1
-            state.last_bootstrap_error_unix = int(time.time())
-            state.last_bootstrap_error = str(exc)
-            raise
-        state.bootstrap_success_count += 1
-        state.last_bootstrap_success_unix = int(time.time())
-        state.last_bootstrap_error = None
         self.log.info("replication.snapshot_bootstrap", last_lsn=lsn, series=len(self.cuts))
 
     async def _bootstrap(self) -> int:
