@@ -8,8 +8,10 @@ the client is not the bottleneck. Prints a table and writes JSON to benchmarks/r
     .venv/bin/python benchmarks/bench.py --only wal-off,baseline
     .venv/bin/python benchmarks/bench.py --only wal-on,wal-on+scrape      # metrics overhead
     .venv/bin/python benchmarks/bench.py --only baseline,wal-off,wal-off@HEAD~1  # vs a commit
+    .venv/bin/python benchmarks/bench.py --rounds 5 --workloads sum --only wal-off,wal-off@HEAD
 
-Numbers from one machine vary run to run: compare columns of the same run, not runs.
+Numbers from one machine vary run to run: compare columns of the same run, not runs, and prefer
+several alternating rounds (the table shows each cell's median) to one.
 """
 
 from __future__ import annotations
@@ -123,8 +125,8 @@ def start_karma(port: int, directory: Path, *flags: str) -> subprocess.Popen[byt
     return process
 
 
-def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
+def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}")
@@ -149,7 +151,9 @@ def checkout(rev: str) -> Path:
     return tree
 
 
-def run_server(name: str, kbench: Path, single: int, batches: int) -> list[dict[str, object]]:
+def run_server(
+    name: str, kbench: Path, single: int, batches: int, chosen: set[str] | None = None
+) -> list[dict[str, object]]:
     name = name.split("#")[0]
     mode, _, rev = name.partition("@")
     port = free_port()
@@ -175,10 +179,13 @@ def run_server(name: str, kbench: Path, single: int, batches: int) -> list[dict[
         if scraper is not None:
             scraper.start()
         for workload, args in workloads(single, batches):
+            if chosen is not None and workload not in chosen and "--setup" not in args:
+                continue
             generator = [str(kbench)]
             if kbench == LOADGEN:
                 generator = [sys.executable, str(LOADGEN)]
                 args = [a for a in args if a != "--setup"]
+            cpu_before = cpu_seconds(process.pid)
             done = subprocess.run(
                 [*generator, f"--port={port}", *args],
                 capture_output=True,
@@ -190,6 +197,10 @@ def run_server(name: str, kbench: Path, single: int, batches: int) -> list[dict[
                 result = json.loads(done.stdout.strip().splitlines()[-1])
             except (IndexError, ValueError):
                 result = {"error": done.stderr.strip()[-200:]}
+            requests = result.get("requests")
+            if isinstance(requests, int) and requests:
+                cpu = cpu_seconds(process.pid) - cpu_before
+                result["server_cpu_us"] = round(cpu / requests * 1e6, 2)
             rows.append({"server": name, "workload": workload, **result})
     finally:
         if scraper is not None:
@@ -203,6 +214,16 @@ def run_server(name: str, kbench: Path, single: int, batches: int) -> list[dict[
     return rows
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used (all its threads), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # after the command name: state is field 3, utime 14 and stime 15 (1-based, man proc)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rate(row: dict[str, object]) -> float:
     for field in ("items_per_sec", "ops_per_sec"):
         value = row.get(field)
@@ -211,38 +232,57 @@ def rate(row: dict[str, object]) -> float:
     return 0.0
 
 
+def median_row(rows: list[dict[str, object]], server: str, workload: str) -> dict[str, object]:
+    """The run of `server` on `workload` with the median rate, over its rounds."""
+    runs = sorted(
+        (r for r in rows if r["server"] == server and r["workload"] == workload), key=rate
+    )
+    return runs[len(runs) // 2] if runs else {}
+
+
 def print_table(rows: list[dict[str, object]], servers: list[str]) -> None:
-    names = [w for w, _ in workloads(1, 1)]
+    names = list(dict.fromkeys(str(r["workload"]) for r in rows))
     print(f"{'workload':24}" + "".join(f"{s:>16}" for s in servers))
     for workload in names:
         cells = []
         for server in servers:
-            row = next((r for r in rows if r["server"] == server and r["workload"] == workload), {})
+            row = median_row(rows, server, workload)
             errors = row.get("errors", 0)
             mark = "!" if errors else ""
             cells.append(f"{rate(row):>15,.0f}{mark or ' '}")
         print(f"{workload:24}" + "".join(cells))
-    print("(ops/s, or items/s for batches; ! = some answers were errors)")
+    print("(ops/s, or items/s for batches; median of the rounds; ! = some answers were errors)")
     print()
     reference = servers[0]
     print(f"{'ratio to ' + reference:24}" + "".join(f"{s:>16}" for s in servers))
     for workload in names:
-        base = rate(
-            next((r for r in rows if r["server"] == reference and r["workload"] == workload), {})
-        )
+        base = rate(median_row(rows, reference, workload))
         cells = []
         for server in servers:
-            row = next((r for r in rows if r["server"] == server and r["workload"] == workload), {})
+            row = median_row(rows, server, workload)
             cells.append(f"{rate(row) / base:>15.2f}x" if base else f"{'-':>16}")
         print(f"{workload:24}" + "".join(cells))
+    print()
+    print(f"{'server CPU us/request':24}" + "".join(f"{s:>16}" for s in servers))
+    for workload in names:
+        cells = []
+        for server in servers:
+            runs = sorted(
+                float(r.get("server_cpu_us", 0))  # type: ignore[arg-type]
+                for r in rows
+                if r["server"] == server and r["workload"] == workload
+            )
+            cells.append(f"{runs[len(runs) // 2]:>16.1f}" if runs else f"{'-':>16}")
+        print(f"{workload:24}" + "".join(cells))
+    print("(CPU time of the server process per request, all threads: less noisy than ops/s)")
     print()
     print(f"{'p50/p95/p99 ms':24}" + "".join(f"{s:>16}" for s in servers))
     for workload in names[:2]:
         cells = []
         for server in servers:
-            row = next((r for r in rows if r["server"] == server and r["workload"] == workload), {})
+            row = median_row(rows, server, workload)
             cells.append(
-                f"{row.get('p50_ms', 0)}/{row.get('p95_ms', 0)}/{row.get('p99_ms', 0)}".rjust(16)
+                f" {row.get('p50_ms', 0)}/{row.get('p95_ms', 0)}/{row.get('p99_ms', 0)}".rjust(16)
             )
         print(f"{workload:24}" + "".join(cells))
 
@@ -251,6 +291,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests per workload")
     parser.add_argument("--only", default="", help="comma-separated servers to run")
+    parser.add_argument(
+        "--workloads", default="", help="comma-separated workloads (names as in the table)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every server this many times, alternating; the table shows medians",
+    )
     args = parser.parse_args()
     single, batches = (3000, 40) if args.quick else (10000, 100)
     servers = args.only.split(",") if args.only else DEFAULT_SERVERS
@@ -260,9 +309,14 @@ def main() -> None:
     seen: dict[str, int] = {}
     for server in servers:
         seen[server] = seen.get(server, 0) + 1
-        label = server if seen[server] == 1 else f"{server}#{seen[server]}"
-        labels.append(label)
-        rows.extend({**row, "server": label} for row in run_server(server, kbench, single, batches))
+        labels.append(server if seen[server] == 1 else f"{server}#{seen[server]}")
+    chosen = set(args.workloads.split(",")) if args.workloads else None
+    for round_ in range(1, args.rounds + 1):
+        for server, label in zip(servers, labels, strict=True):
+            rows.extend(
+                {**row, "server": label, "round": round_}
+                for row in run_server(server, kbench, single, batches, chosen)
+            )
     print_table(rows, labels)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -42,32 +42,42 @@ class Drain:
 
 
 async def serve_connection(node: Node, drain: Drain, stream: trio.SocketStream) -> None:
+    # The plain socket under the stream, driven with wait_readable/wait_writable: trio's
+    # socket methods cost a scheduler round trip after every successful send and two context
+    # managers per call, more than the rest of a small request (callgrind and cProfile under
+    # kbench). Here a request costs one trip: the wait for its bytes.
+    raw = socket.socket(fileno=stream.socket.detach())
+    raw.setblocking(False)
     config = node.config
     if not config.nodelay:  # trio turns TCP_NODELAY on by default
-        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, False)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, False)
     buffer = LineBuffer(config.max_request_bytes)
     read_timeout = config.read_timeout or math.inf
     write_timeout = config.write_timeout or math.inf
-    # One cancel scope for the connection's life. Entering a scope per read and per write, or
-    # even moving a deadline three times per request, cost more than the rest of a small
-    # request (profile under kbench), so the deadline moves only when it has fallen behind by
-    # more than a tenth of the timeout: idle clients go after 90-100 % of --read-timeout.
-    # The raw trio socket under the stream: SocketStream's conflict detector and error
-    # translation wrap every call in two context managers, a measurable share of a small
-    # request (callgrind: instructions per request under kbench); errors are caught below.
-    sock = stream.socket
+    # One cancel scope for the connection's life; its deadline is aimed only before a wait
+    # (for a request, or for room to send), and moved only when it has fallen behind by more
+    # than a tenth of the timeout: idle clients go after 90-100 % of --read-timeout.
     with trio.CancelScope() as deadline:
         connection = Connection(deadline)
         drain.open.add(connection)
         try:
+            waited = True
             while not drain.closing:
-                now = trio.current_time()
-                _extend(deadline, now, read_timeout)
-                connection.idle = True
-                data = await sock.recv(RECEIVE_BYTES)
-                connection.idle = False
+                try:
+                    data = raw.recv(RECEIVE_BYTES)
+                except BlockingIOError:
+                    _extend(deadline, trio.current_time(), read_timeout)
+                    connection.idle = True
+                    await trio.lowlevel.wait_readable(raw)
+                    connection.idle = False
+                    waited = True
+                    continue
                 if not data:
                     return
+                if not waited:
+                    # bytes were already there: a pipelining client must not starve the others
+                    await trio.lowlevel.checkpoint()
+                waited = False
                 out = await answer_all(node, buffer.feed(data), deadline)
                 if buffer.too_large:
                     error = KarmaError(
@@ -77,23 +87,34 @@ async def serve_connection(node: Node, drain: Drain, stream: trio.SocketStream) 
                     out.append(envelope.encode_error(error))
                     node.engine.counters.record(0.0, failed=True)
                 if out:
-                    _extend(deadline, now, write_timeout)  # `now` is microseconds old
-                    await _send_all(sock, b"".join(out))
+                    payload = out[0] if len(out) == 1 else b"".join(out)
+                    try:
+                        sent = raw.send(payload)
+                    except BlockingIOError:
+                        sent = 0
+                    if sent < len(payload):
+                        _extend(deadline, trio.current_time(), write_timeout)
+                        await _send_rest(raw, payload, sent)
+                        waited = True
                 if buffer.too_large:
                     return
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             return
         finally:
             drain.open.discard(connection)
-            with trio.CancelScope(shield=True), trio.move_on_after(0.5):
-                await stream.aclose()
+            trio.lowlevel.notify_closing(raw)
+            raw.close()
 
 
-async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
-    view = memoryview(data)
+async def _send_rest(raw: socket.socket, payload: bytes, sent: int) -> None:
+    """The client reads slower than we answer: wait for room (under --write-timeout)."""
+    view = memoryview(payload)[sent:]
     while view:
-        sent = await sock.send(view)
-        view = view[sent:]
+        await trio.lowlevel.wait_writable(raw)
+        try:
+            view = view[raw.send(view) :]
+        except BlockingIOError:
+            continue
 
 
 def _extend(scope: trio.CancelScope, now: float, timeout: float) -> None:
