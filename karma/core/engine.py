@@ -14,6 +14,7 @@ from typing import Any, Final
 
 import attrs
 import msgspec
+from msgspec import UNSET
 
 from karma.core import mutations as m
 from karma.core.budget import AnyBudget
@@ -21,7 +22,7 @@ from karma.core.counters import Counters
 from karma.core.idempotency import IdempotencyTable, Record
 from karma.core.ingest import Ingest
 from karma.core.series import Series
-from karma.core.store import Store
+from karma.core.store import SELF_CHECKING, Store
 from karma.protocol import requests as r
 from karma.protocol.optable import by_class
 
@@ -41,9 +42,18 @@ class Engine:
     ingest: Ingest = attrs.field(factory=Ingest)
 
     # --- writes ------------------------------------------------------------------------------
-    def mutation_for(self, request: r.Request, today: int, now: int) -> m.Mutation | Immediate:
-        """The canonical mutation of a write request, checked against the current state."""
-        return self.check(self.normalize(request, today, now))
+    def mutation_for(
+        self, request: r.Request, today: int, now: int, *, logged: bool = True
+    ) -> m.Mutation | Immediate:
+        """The canonical mutation of a write request, checked against the current state.
+
+        `logged=False` (no WAL): a mutation that `Store.apply` checks itself anyway is not
+        checked here too; applying it raises the same error, having changed nothing.
+        """
+        mutation = self.normalize(request, today, now)
+        if not logged and type(mutation) in SELF_CHECKING:
+            return mutation
+        return self.check(mutation)
 
     @staticmethod
     def normalize(request: r.Request, today: int, now: int) -> m.Mutation:
@@ -73,9 +83,11 @@ class Engine:
 
     def apply(self, mutation: m.Mutation, *, checked: bool = False) -> object:
         response = self._apply(mutation, checked=checked)
-        key = mutation.idem_key() if isinstance(mutation, m.Idempotent) else None
-        if key is not None and isinstance(mutation, m.Idempotent):
-            self._remember(mutation, key, response)
+        if getattr(mutation, "idempotency_key", None) is not None:  # one lookup when unkeyed
+            assert isinstance(mutation, m.Idempotent)
+            key = mutation.idem_key()
+            if key is not None:
+                self._remember(mutation, key, response)
         return response
 
     def _remember(self, mutation: m.Idempotent, key: str, response: object) -> None:
@@ -277,20 +289,8 @@ class Engine:
 _NORMALIZE: Final[dict[type, Callable[[Any, int, int], m.Mutation]]] = {
     r.TreeCreate: lambda q, today, now: m.CreateSeries(series=q.name),
     r.TreeDrop: lambda q, today, now: m.DropSeries(series=q.name),
-    r.Decrement: lambda q, today, now: m.Decrement(
-        series=q.name,
-        key=q.key,
-        bucket=q.bucket_or(today),
-        value=q.amount,
-        **_keyed(q, now),
-    ),
-    r.Increment: lambda q, today, now: m.Increment(
-        series=q.name,
-        key=q.key,
-        bucket=q.bucket_or(today),
-        value=q.amount,
-        **_keyed(q, now),
-    ),
+    r.Decrement: lambda q, today, now: _point(m.Decrement, q, today, now),
+    r.Increment: lambda q, today, now: _point(m.Increment, q, today, now),
     r.BatchAdd: lambda q, today, now: m.BatchAdd(
         series=q.name, granularity="day", items=q.items, **_keyed(q, now)
     ),
@@ -326,6 +326,20 @@ _NORMALIZE: Final[dict[type, Callable[[Any, int, int], m.Mutation]]] = {
         before=q.before_unix, limit=r.opt(q.limit)
     ),
 }
+
+
+def _point(cls: type[m.PointMutation], q: r.Increment, today: int, now: int) -> m.PointMutation:
+    name = q.tree if q.tree is not None else q.series
+    assert name is not None  # checked at decode
+    bucket = q.bucket
+    if type(bucket) is not int or q.date is not UNSET:  # `date` wins; text; today
+        bucket = q.bucket_or(today)
+    value = q.value
+    if type(value) is not int:
+        value = 1
+    if q.idempotency_key is UNSET:  # the hot path: no keyword dict to build
+        return cls(series=name, key=q.key, bucket=bucket, value=value)
+    return cls(series=name, key=q.key, bucket=bucket, value=value, **_keyed(q, now))
 
 
 def _keyed(request: r.Request, now: int) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 import msgspec
-from msgspec import UnsetType
+from msgspec import UNSET, UnsetType
 from msgspec import inspect as mi
 
 from karma.errors import ErrorCode, KarmaError
@@ -41,7 +41,9 @@ def decode(line: bytes, gate: Gate) -> r.Request:
 
 def _check(request: r.Request, spec: optable.OpSpec) -> None:
     request.check()
-    if spec.idempotent:
+    if spec.idempotent and (
+        request.idempotency_key is not UNSET or request.fingerprint is not UNSET
+    ):
         fingerprint = request.fingerprint
         fields.check_idempotency_fields(
             request.key_text, None if isinstance(fingerprint, UnsetType) else str(fingerprint)

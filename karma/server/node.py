@@ -18,6 +18,7 @@ from typing import Any, Final
 import attrs
 import msgspec
 import trio
+from msgspec import UNSET
 from prometheus_client import CollectorRegistry
 
 from karma import days
@@ -71,6 +72,8 @@ class Node:
     _inflight: dict[str, trio.Event] = attrs.field(init=False, factory=dict)
     karma_metrics: CollectorRegistry = attrs.field(init=False)
     _files: trio.CapacityLimiter = attrs.field(init=False, factory=lambda: trio.CapacityLimiter(2))
+    _second: int = attrs.field(init=False, default=-1)
+    _today: int = attrs.field(init=False, default=0)
 
     def __attrs_post_init__(self) -> None:
         self.karma_metrics = metrics.karma_registry(self.stats_values)
@@ -100,7 +103,7 @@ class Node:
         return (
             cls in _ASYNC
             or cls in _SEQUENTIAL
-            or (request.key_text is not None and optable.SPEC_BY_CLASS[cls].idempotent)
+            or (request.idempotency_key is not UNSET and cls in _KEYED_CLASSES)
         )
 
     def handle(self, request: r.Request) -> bytes | Waiting:
@@ -141,9 +144,12 @@ class Node:
     # --- bookkeeping ---------------------------------------------------------------------------
     def record(self, started: float, *, failed: bool, request: r.Request | None = None) -> None:
         elapsed_ms = (time.perf_counter() - started) * 1000
-        op = "" if request is None else optable.TAG_BY_CLASS[type(request)]
-        self.engine.counters.record(elapsed_ms, failed=failed, op=op)
-        if op.startswith("ingest."):
+        if request is None:
+            self.engine.counters.record(elapsed_ms, failed=failed)
+            return
+        cls = type(request)
+        self.engine.counters.record(elapsed_ms, failed=failed, op=optable.TAG_BY_CLASS[cls])
+        if cls in _INGEST_CLASSES:
             self.engine.counters.record_ingest(elapsed_ms)
 
     def _refuse(self, exc: KarmaError, started: float, request: r.Request) -> bytes:
@@ -159,8 +165,15 @@ class Node:
 
     # --- writes --------------------------------------------------------------------------------
     def _mutation(self, request: r.Request) -> m.Mutation | Immediate:
-        now = time.time()
-        return self.engine.mutation_for(request, days.today_from_unix(now), int(now))
+        today, now = self._clock()
+        return self.engine.mutation_for(request, today, now, logged=self.writer is not None)
+
+    def _clock(self) -> tuple[int, int]:
+        """(today's UTC day bucket, Unix seconds); the day is worked out once per second."""
+        now = int(time.time())
+        if now != self._second:
+            self._second, self._today = now, days.today_from_unix(now)
+        return self._today, now
 
     def _write(self, request: r.Request, started: float) -> bytes | Waiting:
         mutation = self._mutation(request)
@@ -202,8 +215,8 @@ class Node:
         key = request.key_text
         assert key is not None
         while True:
-            now = time.time()
-            mutation = self.engine.normalize(request, days.today_from_unix(now), int(now))
+            today, now = self._clock()
+            mutation = self.engine.normalize(request, today, now)
             assert isinstance(mutation, m.Idempotent)
             fingerprint = mutation.canon().digest()
             claimed = r.opt(request.fingerprint)
@@ -534,6 +547,9 @@ _SEQUENTIAL: Final = frozenset(
 _SHELL_BY_CLASS: Final = optable.by_class(_SHELL)
 _ASYNC_BY_CLASS: Final = optable.by_class(_ASYNC)
 _ASYNC_OR_SEQUENTIAL: Final = frozenset(_ASYNC_BY_CLASS) | _SEQUENTIAL
+_INGEST_CLASSES: Final = frozenset(
+    cls for cls, tag in optable.TAG_BY_CLASS.items() if tag.startswith("ingest.")
+)
 #: request classes (aliases included) whose idempotency key makes them keyed writes
 _KEYED_CLASSES: Final = frozenset(
     cls for cls, spec in optable.SPEC_BY_CLASS.items() if spec.idempotent
