@@ -139,12 +139,21 @@ def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float =
 
 
 def checkout(rev: str) -> Path:
-    """A worktree of `rev` (e.g. HEAD~1), so an older build runs next to this one."""
-    tree = BUILD / f"rev-{rev.replace('/', '_').replace('~', '-').replace('^', '-')}"
+    """A worktree of `rev` (e.g. HEAD~1), so an older build runs next to this one.
+
+    Named by the commit `rev` resolves to now: `HEAD` after a new commit is a new tree.
+    """
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    tree = BUILD / f"rev-{commit[:12]}"
     if not tree.exists():
         BUILD.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), rev],
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), commit],
             check=True,
             capture_output=True,
         )

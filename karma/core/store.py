@@ -8,17 +8,19 @@ preconditions without changing anything: the engine calls it before a mutation i
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
 
 from karma.core import mutations as m
-from karma.core.series import Counter, Series
+from karma.core.series import Counter, HighWater, Series
 from karma.errors import KarmaError
 from karma.protocol.fields import U64_MAX
 
 Handler = Callable[["Store", Any], object]
+_VALUE: Final = operator.itemgetter(2)  # of a batch item [key, bucket, value]
 
 
 @attrs.define(eq=False)
@@ -82,12 +84,25 @@ class Store:
 
     def _batch_add(self, mut: m.BatchAdd) -> object:
         counters = self.pick(mut.series).counters
-        for key, bucket, value in mut.items:  # per item: one dict lookup, one add
-            counter = counters.get(key)
+        get = counters.get
+        high = HighWater.total
+        # Counter.add inlined for its common case (the bucket is the key's last one): a call
+        # per item was a quarter of a 1000-item batch
+        for key, bucket, value in mut.items:
+            counter = get(key)
             if counter is None:
                 counter = counters[key] = Counter()
-            counter.add(bucket, value)
-        return {"applied": len(mut.items), "total": sum(item[2] for item in mut.items)}
+            pairs = counter.pairs
+            if pairs and pairs[-2] == bucket:
+                pairs[-1] += value
+                total = counter.total = counter.total + value
+                if total > high:
+                    high = total
+            else:
+                counter.add(bucket, value)
+        if high > HighWater.total:
+            HighWater.total = high
+        return {"applied": len(mut.items), "total": sum(map(_VALUE, mut.items))}
 
     def _batch_set(self, mut: m.BatchSet) -> object:
         series = self.pick(mut.series)
@@ -181,6 +196,8 @@ def _check_batch_add(store: Store, mut: m.BatchAdd) -> None:
 
     A bucket never holds more than its key's total, so checking totals covers buckets too.
     """
+    if HighWater.total + sum(map(_VALUE, mut.items)) <= U64_MAX:
+        return  # no total can pass 2^64-1 (see HighWater)
     series = store.series.get(mut.series)
     added: dict[int, int] = {}
     for key, _, value in mut.items:

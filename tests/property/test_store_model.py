@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from karma.core import mutations as m
+from karma.core.series import HighWater
 from karma.core.store import Store
 from karma.errors import KarmaError
 from karma.protocol.fields import U64_MAX, DayRange
@@ -22,6 +23,9 @@ class StoreMatchesModel(RuleBasedStateMachine):
         super().__init__()
         self.store = Store()
         self.model: Model = {}
+        # the process-wide bound on totals starts over with the only store alive, so runs
+        # exercise both the batch shortcut (small totals) and the exact check (huge ones)
+        HighWater.total = 0
 
     def _counter(self, series: str, key: int) -> dict[int, int]:
         return self.model.setdefault(series, {}).setdefault(key, {})
@@ -44,6 +48,29 @@ class StoreMatchesModel(RuleBasedStateMachine):
         assert self.store.apply(mutation) == value
         counter = self._counter(series, key)
         counter[day] = counter.get(day, 0) + value
+
+    @rule(series=SERIES, items=st.lists(st.tuples(KEYS, DAYS, VALUES), max_size=5))
+    def batch_add(self, series: str, items: list[tuple[int, int, int]]) -> None:
+        """Checked first and then applied, as a logged write is; refused whole on overflow."""
+        totals = {key: sum(self.model.get(series, {}).get(key, {}).values()) for key, _, _ in items}
+        for key, _, value in items:
+            totals[key] += value
+        mutation = m.BatchAdd(series=series, granularity="day", items=items)
+        if any(total > U64_MAX for total in totals.values()):
+            for attempt in (self.store.check, self.store.apply):
+                try:
+                    attempt(mutation)
+                    raise AssertionError("an overflowing batch must be refused")
+                except KarmaError:
+                    pass
+            return  # and nothing changed: the invariant checks it
+        self.store.check(mutation)
+        answer = self.store.apply(mutation, checked=True)
+        assert answer == {"applied": len(items), "total": sum(v for _, _, v in items)}
+        self.model.setdefault(series, {})
+        for key, day, value in items:
+            counter = self._counter(series, key)
+            counter[day] = counter.get(day, 0) + value
 
     @rule(series=SERIES, key=KEYS, day=DAYS, value=st.integers(1, 2000))
     def decrement(self, series: str, key: int, day: int, value: int) -> None:
