@@ -23,6 +23,7 @@ from karma.core.idempotency import IdempotencyTable, Record
 from karma.core.ingest import Ingest
 from karma.core.series import Series
 from karma.core.store import SELF_CHECKING, Store
+from karma.protocol import envelope
 from karma.protocol import requests as r
 from karma.protocol.optable import by_class
 
@@ -172,7 +173,11 @@ class Engine:
         self.counters.batch_read_count += 1
         self.counters.batch_read_key_count += len(req.keys)
         day_range = r.opt(req.range)
-        return [{"key": key, "value": series.sum(key, day_range)} for key in req.keys]
+        if day_range is None:
+            values = series.totals(req.keys)
+        else:
+            values = [series.sum(key, day_range) for key in req.keys]
+        return envelope.key_values(req.keys, values)
 
     def multi_sum(self, req: r.MultiSum, budget: AnyBudget) -> object:
         answer = []

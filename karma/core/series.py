@@ -7,8 +7,10 @@ them in the order they were first written. A counter whose buckets were all remo
 
 from __future__ import annotations
 
+import operator
 from array import array
 from collections.abc import Iterator
+from itertools import repeat
 from typing import Final
 
 import attrs
@@ -173,6 +175,10 @@ class Series:
             counter = self.counters[key] = Counter()
         return counter
 
+    def totals(self, keys: list[int]) -> list[int]:
+        """Each key's total (0 when missing), looked up at C speed: no Python per key."""
+        return list(map(_TOTAL, map(self.counters.get, keys, repeat(_NO_COUNTER))))
+
     def sum(self, key: int, day_range: DayRange | None = None) -> int:
         counter = self.counters.get(key)
         if counter is None:
@@ -203,3 +209,8 @@ class Series:
     @property
     def total(self) -> int:
         return sum(c.total for c in self.counters.values())
+
+
+_TOTAL: Final = operator.attrgetter("total")
+#: what `totals` finds for a missing key; never written to
+_NO_COUNTER: Final = Counter()

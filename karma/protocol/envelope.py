@@ -42,3 +42,18 @@ def encode_ok_checked(response: object, max_response_bytes: int) -> bytes:
             KarmaError(ErrorCode.RESPONSE_TOO_LARGE, f"Response exceeds {max_response_bytes} bytes")
         )
     return data
+
+
+class KeyValue(msgspec.Struct, gc=False):
+    """One `{"key":k,"value":v}` of a batch read's answer.
+
+    A Struct, not a dict: made by `map` in C and left out of the garbage collector, it halves
+    the cost of answering a 1000-key `counter.batch_sum` (benchmarks/hotpath_bench.py).
+    """
+
+    key: int
+    value: int
+
+
+def key_values(keys: list[int], values: list[int]) -> list[KeyValue]:
+    return list(map(KeyValue, keys, values))

@@ -92,6 +92,8 @@ def _valid_series_name(name: str) -> bool:
 def check_keys(keys: list[int]) -> None:
     if len(keys) > MAX_BATCH:
         raise KarmaError.validation("Field keys exceeds max size")
+    if not keys or max(keys) <= U64_MAX:  # at C speed; keys are never negative (U64)
+        return
     for key in keys:
         check_u64("keys[]", key)
 
