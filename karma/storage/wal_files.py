@@ -148,7 +148,7 @@ class ActiveWal:
             while written < len(data):
                 written += os.write(self._handle, data[written:])
             if self.fsync:
-                os.fsync(self._handle)
+                os.fdatasync(self._handle)  # data and size; mtime need not be durable
         except OSError:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._handle, before)
