@@ -420,5 +420,9 @@ _NORMALIZE_BY_CLASS: Final = by_class(_NORMALIZE)
 _READS_BY_CLASS: Final = by_class(_READS)
 #: Request classes (aliases included) the engine answers by itself; the others need the shell.
 ENGINE_READS: Final = frozenset(_READS_BY_CLASS)
+#: reads that walk a whole series and so run under the query-time budget (budget.tick)
+SCANNING_READS: Final = frozenset(
+    by_class(dict.fromkeys([r.TreeInfo, r.TreeSummary, r.TreeTop, r.TreeSeries]))
+)
 #: Request classes (aliases included) that change the store and go through the WAL.
 WRITES: Final = frozenset(_NORMALIZE_BY_CLASS)

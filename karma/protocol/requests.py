@@ -255,6 +255,15 @@ class Sum(KeyRequest, tag="counter.sum", frozen=True, kw_only=True):
     range: DayRange | UnsetType = UNSET
 
     def check(self) -> None:
+        # the hottest read: the common case is checked inline, as Increment's is
+        name = self.tree if self.tree is not None else self.series
+        if (
+            name is not None
+            and self.range is UNSET
+            and self.key <= f.U64_MAX
+            and f.fast_series_ok(name)
+        ):
+            return
         super().check()
         if not isinstance(self.range, UnsetType):
             f.check_range(self.range)

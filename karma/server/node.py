@@ -27,7 +27,7 @@ from karma.core import mutations as m
 from karma.core import report
 from karma.core.budget import AnyBudget, Budget, Unlimited
 from karma.core.counters import NodeStatus
-from karma.core.engine import ENGINE_READS, WRITES, Engine, Immediate
+from karma.core.engine import ENGINE_READS, SCANNING_READS, WRITES, Engine, Immediate
 from karma.errors import ErrorCode, KarmaError
 from karma.observability import metrics
 from karma.observability.logs import Logger
@@ -248,7 +248,8 @@ class Node:
     def _read(self, request: r.Request) -> object:
         cls = type(request)
         if cls in ENGINE_READS:
-            return self.engine.read(request, self._budget())
+            budget = self._budget() if cls in SCANNING_READS else _UNLIMITED
+            return self.engine.read(request, budget)
         handler = _SHELL_BY_CLASS.get(cls)
         if handler is None:
             raise KarmaError(ErrorCode.INTERNAL_ERROR, f"{r.op_tag(cls)} has no handler")
@@ -515,6 +516,8 @@ def _memory_bytes() -> int:
     except (OSError, ValueError, IndexError):
         return 0
 
+
+_UNLIMITED: Final = Unlimited()
 
 _SHELL: Final[dict[type, Callable[[Node, Any], object]]] = {
     r.Ping: Node.ping,
