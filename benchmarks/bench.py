@@ -172,15 +172,19 @@ def run_server(
         command = [sys.executable, str(SHARED_BENCH / "trio_min.py"), str(port)]
     else:
         command = [*KARMA, *COMMON, f"--port={port}", f"--directory={directory}", *SERVERS[mode]]
+    cwd = None
     if rev:
-        env = {**os.environ, "PYTHONPATH": str(checkout(rev))}
+        # `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH: without
+        # running inside the checkout, this tree would be measured under the old name
+        cwd = checkout(rev)
+        env = {**os.environ, "PYTHONPATH": str(cwd)}
     scraper = None
     if name.endswith("+scrape"):
         metrics_port = free_port()
         command.append(f"--metrics-port={metrics_port}")
         scraper = Scraper(metrics_port)
     process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd
     )
     rows: list[dict[str, object]] = []
     try:
