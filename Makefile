@@ -38,7 +38,7 @@ conformance: install
 
 ## The benchmark matrix (see benchmarks/README.md).
 bench: install
-	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/bench.py --rounds 3
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info
