@@ -62,23 +62,38 @@ async def serve_connection(node: Node, drain: Drain, stream: trio.SocketStream) 
         drain.open.add(connection)
         try:
             waited = True
+            # Reads that held exactly one request, in a row: from the second on, the client is
+            # taken to wait for each answer (one request in flight), and the next read goes
+            # straight to waiting instead of trying a `recv` that would almost surely fail
+            # (EAGAIN: a syscall and an exception, ~10 % of a small request). A pipelining
+            # client rarely sends lone requests twice running, so it keeps the eager `recv`.
+            singles = 0
             while not drain.closing:
-                try:
-                    data = raw.recv(RECEIVE_BYTES)
-                except BlockingIOError:
+                data: bytes | None = None
+                if singles < 2:
+                    try:
+                        data = raw.recv(RECEIVE_BYTES)
+                    except BlockingIOError:
+                        pass
+                if data is None:
                     _extend(deadline, trio.current_time(), read_timeout)
                     connection.idle = True
                     await trio.lowlevel.wait_readable(raw)
                     connection.idle = False
                     waited = True
-                    continue
+                    try:
+                        data = raw.recv(RECEIVE_BYTES)
+                    except BlockingIOError:
+                        continue  # woken without bytes after all
                 if not data:
                     return
                 if not waited:
                     # bytes were already there: a pipelining client must not starve the others
                     await trio.lowlevel.checkpoint()
                 waited = False
-                out = await answer_all(node, buffer.feed(data), deadline)
+                lines = buffer.feed(data)
+                singles = singles + 1 if len(lines) == 1 else 0
+                out = await answer_all(node, lines, deadline)
                 if buffer.too_large:
                     error = KarmaError(
                         ErrorCode.REQUEST_TOO_LARGE,
