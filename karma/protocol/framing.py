@@ -34,7 +34,7 @@ class LineBuffer:
                 self.too_large = True
                 self._partial = b""
                 return lines
-            if line.strip():
+            if line and not line.isspace():  # blank lines are skipped (isspace: no copy)
                 lines.append(line)
         if len(self._partial) > limit:
             self.too_large = True

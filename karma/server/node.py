@@ -100,10 +100,8 @@ class Node:
     @staticmethod
     def needs_await(request: r.Request) -> bool:
         cls = type(request)
-        return (
-            cls in _ASYNC
-            or cls in _SEQUENTIAL
-            or (request.idempotency_key is not UNSET and cls in _KEYED_CLASSES)
+        return cls in _ASYNC_OR_SEQUENTIAL or (
+            request.idempotency_key is not UNSET and cls in _KEYED_CLASSES
         )
 
     def handle(self, request: r.Request) -> bytes | Waiting:
