@@ -47,6 +47,30 @@ async def test_a_pipeline_is_answered_in_order_and_reads_see_earlier_writes(
     assert (await client.call("counter.sum", series=S, key=1))["response"] == 52
 
 
+async def test_a_client_that_waits_for_each_answer_can_then_pipeline_and_split_lines(
+    nursery: trio.Nursery, tmp_path: Path, connect: Connect
+) -> None:
+    """After lone requests the server waits for readiness before reading (no eager recv):
+    whatever the client does next — a burst, a line in pieces, a pause — is still answered."""
+    server = await start_server(nursery, tmp_path)
+    client = await connect(server.port)
+    with trio.fail_after(10):
+        for _ in range(3):  # one request in flight at a time
+            await client.send_raw(inc(7))
+            assert (await client.reply())["response"] == 1
+        await client.send_raw(inc(7) * 40)  # then a pipelined burst
+        assert [(await client.reply())["response"] for _ in range(40)] == [1] * 40
+        for _ in range(3):
+            await client.send_raw(inc(7))
+            assert (await client.reply())["response"] == 1
+        line = inc(7, 5)
+        await client.send_raw(line[:10])  # a line in two pieces, with a pause between
+        await trio.sleep(0.05)
+        await client.send_raw(line[10:])
+        assert (await client.reply())["response"] == 5
+        assert (await client.call("counter.sum", series=S, key=7))["response"] == 51
+
+
 async def test_answers_to_one_read_leave_in_one_write(
     nursery: trio.Nursery, tmp_path: Path, connect: Connect
 ) -> None:
