@@ -44,8 +44,8 @@ class Drain:
 async def serve_connection(node: Node, drain: Drain, stream: trio.SocketStream) -> None:
     # The plain socket under the stream, driven with wait_readable/wait_writable: trio's
     # socket methods cost a scheduler round trip after every successful send and two context
-    # managers per call, more than the rest of a small request (callgrind and cProfile under
-    # kbench). Here a request costs one trip: the wait for its bytes.
+    # managers per call, more than the rest of a small request (cProfile under kbench). Here
+    # a request costs one trip: the wait for its bytes.
     raw = socket.socket(fileno=stream.socket.detach())
     raw.setblocking(False)
     config = node.config
