@@ -167,7 +167,8 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "KARMA_WAL_BATCH_WAIT_MICROSECONDS",
         0,
         parse_count,
-        "How long the WAL writer waits for more mutations before writing a batch.",
+        "How long the WAL writer waits for more mutations before writing a batch "
+        "(timers are millisecond-grained: 1-1000 all wait up to 1 ms; 0, the default, is best).",
     ),
     Option(
         "--max-request-bytes",
