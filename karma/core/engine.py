@@ -84,11 +84,10 @@ class Engine:
 
     def apply(self, mutation: m.Mutation, *, checked: bool = False) -> object:
         response = self._apply(mutation, checked=checked)
-        if getattr(mutation, "idempotency_key", None) is not None:  # one lookup when unkeyed
+        key = getattr(mutation, "idempotency_key", None)  # declared by Idempotent mutations
+        if key is not None:
             assert isinstance(mutation, m.Idempotent)
-            key = mutation.idem_key()
-            if key is not None:
-                self._remember(mutation, key, response)
+            self._remember(mutation, key, response)
         return response
 
     def _remember(self, mutation: m.Idempotent, key: str, response: object) -> None:
@@ -334,17 +333,10 @@ _NORMALIZE: Final[dict[type, Callable[[Any, int, int], m.Mutation]]] = {
 
 
 def _point(cls: type[m.PointMutation], q: r.Increment, today: int, now: int) -> m.PointMutation:
-    name = q.tree if q.tree is not None else q.series
-    assert name is not None  # checked at decode
-    bucket = q.bucket
-    if type(bucket) is not int or q.date is not UNSET:  # `date` wins; text; today
-        bucket = q.bucket_or(today)
-    value = q.value
-    if type(value) is not int:
-        value = 1
+    bucket = q.bucket_or(today)
     if q.idempotency_key is UNSET:  # the hot path: no keyword dict to build
-        return cls(series=name, key=q.key, bucket=bucket, value=value)
-    return cls(series=name, key=q.key, bucket=bucket, value=value, **_keyed(q, now))
+        return cls(series=q.name, key=q.key, bucket=bucket, value=q.amount)
+    return cls(series=q.name, key=q.key, bucket=bucket, value=q.amount, **_keyed(q, now))
 
 
 def _keyed(request: r.Request, now: int) -> dict[str, Any]:

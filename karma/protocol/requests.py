@@ -207,6 +207,9 @@ class Increment(KeyRequest, tag="counter.increment", frozen=True, kw_only=True):
 
     def bucket_or(self, today: int) -> int:
         """The day this write lands on: `date`, else `bucket`, else today (UTC)."""
+        bucket = self.bucket
+        if type(bucket) is int and self.date is UNSET:  # the common case, first
+            return bucket
         if not isinstance(self.date, UnsetType):
             return self.date
         if isinstance(self.bucket, str):
@@ -215,7 +218,8 @@ class Increment(KeyRequest, tag="counter.increment", frozen=True, kw_only=True):
 
     @property
     def amount(self) -> int:
-        return 1 if isinstance(self.value, UnsetType) else self.value
+        value = self.value
+        return value if type(value) is int else 1
 
     def check(self) -> None:
         # the hottest validation of all: the common case (a series, an int bucket and value)
