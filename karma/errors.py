@@ -1,4 +1,5 @@
-"""The 14 stable error codes of protocol v2 and the exception that carries one.
+"""The stable error codes of protocol v2 (karma 1.0's 14, plus storage_unavailable) and the
+exception that carries one.
 
 Everything the engine refuses is a :class:`KarmaError`; the connection layer turns it into an
 error envelope. Any other exception escaping a handler is a bug, answered as ``internal_error``.
@@ -24,6 +25,7 @@ class ErrorCode(StrEnum):
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     REPLICATION_GAP = "replication_gap"
     REPLICATION_ERROR = "replication_error"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -46,6 +48,10 @@ ERROR_MEANINGS: Final[dict[ErrorCode, str]] = {
     ErrorCode.IDEMPOTENCY_CONFLICT: "An idempotency key was reused with a different payload.",
     ErrorCode.REPLICATION_GAP: "The requested WAL range was truncated away.",
     ErrorCode.REPLICATION_ERROR: "Replication bootstrap or polling failed.",
+    ErrorCode.STORAGE_UNAVAILABLE: (
+        "The data directory refused a write (disk full, read-only, WAL file removed): nothing"
+        " was changed or acknowledged; reads keep working. Retriable once the cause is fixed."
+    ),
     ErrorCode.INTERNAL_ERROR: "A bug: the server logged it and kept serving.",
 }
 

@@ -73,6 +73,13 @@ class ReplicationError(KarmaError):
     retriable = True
 
 
+class StorageUnavailable(KarmaError):
+    """The server's disk refused the write (full, read-only, WAL removed); nothing changed."""
+
+    code = "storage_unavailable"
+    retriable = True
+
+
 class InternalError(KarmaError):
     code = "internal_error"
 
@@ -103,6 +110,7 @@ BY_CODE: Final[dict[str, type[KarmaError]]] = {
         IdempotencyConflict,
         ReplicationGap,
         ReplicationError,
+        StorageUnavailable,
         InternalError,
     )
 }

@@ -17,8 +17,8 @@ def test_ops_page_lists_every_op_and_alias() -> None:
     assert documented == set(optable.CLASS_BY_TAG)
 
 
-def test_errors_page_lists_the_fourteen_codes() -> None:
+def test_errors_page_lists_every_code() -> None:
     text = (DOCS / "errors.md").read_text()
     documented = set(re.findall(r"^\| `([a-z_]+)`", text, re.M))
     assert documented == {str(code) for code in ErrorCode}
-    assert len(documented) == 14
+    assert len(documented) == 15  # karma 1.0's 14 and storage_unavailable
