@@ -138,6 +138,15 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "Load snapshots and replay the WAL on startup.",
     ),
     Option(
+        "--restore-accept-loss",
+        "KARMA_RESTORE_ACCEPT_LOSS",
+        False,
+        parse_bool,
+        "Start even when snapshots and WAL do not join up (a newer snapshot or a WAL file was"
+        " removed or damaged), losing the writes no file holds; each lost LSN range is logged."
+        " Without it such a start is refused.",
+    ),
+    Option(
         "--nodelay", "KARMA_TCP_NODELAY", True, parse_bool, "Set TCP_NODELAY on client sockets."
     ),
     Option("--wal", "KARMA_WAL", True, parse_bool, "Log every mutation to the write-ahead log."),
@@ -325,6 +334,7 @@ class Config:
     directory: str = "."
     role: Role = Role.MASTER
     restore: bool = True
+    restore_accept_loss: bool = False
     nodelay: bool = True
     wal: bool = True
     wal_fsync: bool = True

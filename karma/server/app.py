@@ -73,6 +73,7 @@ def _prepare(config: Config, log: Logger) -> Prepared:
             now=int(now),
             replay=config.restore,
             log=log,
+            accept_loss=config.restore_accept_loss,
         )
     except (WalCorruptError, recovery.RestoreError, OSError) as exc:
         raise StartupError(str(exc)) from exc

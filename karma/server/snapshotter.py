@@ -4,7 +4,7 @@
 LSN (the store only changes between awaits, in the WAL writer's apply loop). The files are then
 written off the event loop while requests keep being served. `create_all` finishes by asking the
 WAL writer to drop the records the snapshot covers — through the cut, never the whole file, since
-writes kept arriving meanwhile — and pruning old snapshots.
+writes kept arriving meanwhile — after pruning old snapshots.
 """
 
 from __future__ import annotations
@@ -58,12 +58,19 @@ class Snapshotter:
             cut = self.capture()
             try:
                 await trio.to_thread.run_sync(self._write_all, cut, limiter=self._disk)
+                # pruned before the WAL is truncated, and by the cut's own series: a series
+                # dropped before the cut loses its old files while the WAL still holds its drop,
+                # so a crash in between can never bring back an older snapshot without the
+                # records that followed it
+                removed = await trio.to_thread.run_sync(
+                    snapshot_files.prune,
+                    self.directory,
+                    self.retention,
+                    set(cut.series),
+                    limiter=self._disk,
+                )
                 if self.writer is not None:
                     await self.writer.truncate_through(cut.lsn)
-                live = set(self.engine.store.series)
-                removed = await trio.to_thread.run_sync(
-                    snapshot_files.prune, self.directory, self.retention, live, limiter=self._disk
-                )
             except OSError as exc:
                 self.log.error("snapshot.failed", reason=reason, error=str(exc))
                 raise KarmaError(ErrorCode.INTERNAL_ERROR, f"Snapshot failed: {exc}") from exc

@@ -5,6 +5,13 @@ series when its LSN is above that series' snapshot LSN, its effect on idempotenc
 ingest streams when above the idempotency snapshot's LSN (karma 1.0 replayed everything, so a
 single-series snapshot made restores count twice: DEFECTS.md #1).
 
+Before anything is replayed, the restore proves continuity: every series' snapshot, and the
+idempotency snapshot, must reach at least the LSN the WAL starts after, and the WAL's LSNs must
+follow one another. A newest snapshot that was deleted or damaged, or a WAL file that went
+missing, would otherwise restore an older state silently, because the WAL was already truncated
+past it: startup stops instead, naming the file and the LSN range no file holds, unless the
+operator accepts the loss (`--restore-accept-loss`, logged with the range).
+
 A torn last line is cut (its bytes saved beside the WAL) and logged; damage followed by more
 records, or a snapshot that cannot be read, stops startup with the file and offset. A record
 that fails to apply (karma 1.0 logged some failing writes: DEFECTS.md #2) is skipped with a
@@ -35,6 +42,10 @@ class RestoreError(Exception):
     """A snapshot or metadata file that cannot be used; startup stops."""
 
 
+class ContinuityError(RestoreError):
+    """Acknowledged writes that no file holds any more; startup stops unless told otherwise."""
+
+
 @attrs.frozen
 class Restored:
     last_lsn: int
@@ -53,15 +64,21 @@ def restore(
     replay: bool,
     log: Logger,
     cut_torn: bool = True,
+    accept_loss: bool = False,
 ) -> Restored:
     """Load `directory` into `engine`. `cut_torn=False` reads without repairing (verify)."""
     checkpoints = load_checkpoints(directory)
     cuts: dict[str, int] = {}
     state_lsn = 0
+    result = wal_files.scan(directory)
     if replay:
+        gaps = find_gaps(directory, result.records)
+        for gap in gaps:
+            if not accept_loss:
+                raise ContinuityError(gap.describe())
+            log.error("restore.accepted_loss", **gap.fields())
         cuts = _load_snapshots(directory, engine, log)
         state_lsn = _load_idempotency(directory, engine)
-    result = wal_files.scan(directory)
     for path, good_end, size in result.torn if cut_torn else []:
         saved = wal_files.cut_torn_tail(path, good_end)
         log.warning(
@@ -81,6 +98,81 @@ def restore(
                 log.info("wal.replay_progress", records=index, of=len(result.records))
         log.info("wal.replay", records=replayed, last_lsn=last_lsn)
     return Restored(last_lsn, result.records, replayed, checkpoints, max(cuts.values(), default=0))
+
+
+@attrs.frozen
+class Gap:
+    """Writes first..last (LSNs) that `file` should have led to, and no file holds."""
+
+    file: str
+    first: int
+    last: int
+    why: str
+
+    def describe(self) -> str:
+        return (
+            f"{self.file}: writes at LSN {self.first}..{self.last} are in no file ({self.why});"
+            " refusing to start with them missing: put the file back, or start once with"
+            " --restore-accept-loss=true to accept losing them"
+        )
+
+    def fields(self) -> dict[str, object]:
+        return {"file": self.file, "first_lsn": self.first, "last_lsn": self.last, "why": self.why}
+
+
+def wal_base(directory: Path, records: list[wal_files.Record]) -> int:
+    """The LSN the WAL starts after: everything up to it must be in snapshots."""
+    first = next((r.lsn for r in records if r.lsn is not None), None)
+    if first is not None:
+        return first - 1
+    # an empty WAL was truncated through the LSN that truncation wrote to karma.wal.lsn
+    return wal_files.read_lsn_file(directory)
+
+
+def find_gaps(directory: Path, records: list[wal_files.Record]) -> list[Gap]:
+    """Every LSN range between the snapshots and the WAL that no file holds."""
+    gaps: list[Gap] = []
+    previous: wal_files.Record | None = None
+    for record in records:
+        if record.lsn is None:
+            continue
+        if previous is not None and previous.lsn is not None and record.lsn > previous.lsn + 1:
+            gaps.append(
+                Gap(
+                    str(record.path),
+                    previous.lsn + 1,
+                    record.lsn - 1,
+                    f"the WAL jumps from LSN {previous.lsn} to {record.lsn} at byte"
+                    f" {record.offset}: a WAL segment is missing",
+                )
+            )
+        previous = record
+    base = wal_base(directory, records)
+    if base == 0:
+        return gaps
+    for series, entries in sorted(snapshot_files.ranked_by_series(directory).items()):
+        newest = entries[0]
+        have = 0 if newest.meta is None else newest.meta.last_lsn
+        if have < base:
+            why = (
+                f"the newest usable snapshot of series {series!r} ends at LSN {have}"
+                f" and the WAL starts after LSN {base}: a newer snapshot was removed or its"
+                " .meta.json is missing or damaged, or WAL files were removed"
+            )
+            gaps.append(Gap(str(newest.file.path), have + 1, base, why))
+    idempotency = directory / snapshot_files.IDEMPOTENCY
+    meta = snapshot_files.idempotency_meta(directory)
+    if not idempotency.exists() and not gaps and not snapshot_files.list_snapshots(directory):
+        first = next((str(r.path) for r in records if r.lsn is not None), wal_files.LSN_FILE)
+        why = f"the WAL starts after LSN {base} and no snapshot holds what came before"
+        gaps.append(Gap(first, 1, base, why))
+    elif not idempotency.exists():
+        why = "the idempotency snapshot is missing: idempotency keys and ingest streams are lost"
+        gaps.append(Gap(str(idempotency), 1, base, why))
+    elif meta is not None and isinstance(meta["last_lsn"], int) and meta["last_lsn"] < base:
+        why = f"the idempotency snapshot ends at LSN {meta['last_lsn']}: it is older than the WAL"
+        gaps.append(Gap(str(idempotency), meta["last_lsn"] + 1, base, why))
+    return gaps
 
 
 @attrs.frozen

@@ -35,26 +35,25 @@ class SnapshotFile:
     def meta_path(self) -> Path:
         return self.path.with_name(self.path.name + ".meta.json")
 
-    def has_meta(self) -> bool:
-        try:
-            snapshot_codec.decode_meta(self.meta_path.read_bytes())
-        except (OSError, ValueError):
-            return False
-        return True
-
-    def meta(self) -> Meta:
-        """The sidecar, or what can be derived without one (karma 1.0: `last_lsn` 0)."""
+    def stored_meta(self) -> Meta | None:
+        """The sidecar as written, or None when it is missing or unreadable."""
         try:
             return snapshot_codec.decode_meta(self.meta_path.read_bytes())
         except (OSError, ValueError):
-            size = self.path.stat().st_size
-            return Meta(
-                tree=self.series,
-                file=self.path.name,
-                timestamp=self.timestamp,
-                last_lsn=0,
-                bytes=size,
-            )
+            return None
+
+    def has_meta(self) -> bool:
+        return self.stored_meta() is not None
+
+    def meta(self) -> Meta:
+        """The sidecar, or what can be derived without one (karma 1.0: `last_lsn` 0)."""
+        meta = self.stored_meta()
+        if meta is not None:
+            return meta
+        size = self.path.stat().st_size
+        return Meta(
+            tree=self.series, file=self.path.name, timestamp=self.timestamp, last_lsn=0, bytes=size
+        )
 
 
 def parse_name(path: Path) -> SnapshotFile | None:
@@ -65,13 +64,38 @@ def parse_name(path: Path) -> SnapshotFile | None:
 
 
 def list_snapshots(directory: Path) -> list[SnapshotFile]:
-    """Every `<unix>_<series>.tree`, newest first. Stray `*.tree` names are ignored."""
+    """Every `<unix>_<series>.tree`, newest name first. Stray `*.tree` names are ignored."""
     found = [s for p in directory.glob("*.tree") if (s := parse_name(p)) is not None]
     return sorted(found, key=lambda s: (-s.timestamp, s.series))
 
 
+@attrs.frozen
+class Ranked:
+    """A snapshot with its sidecar read once; `meta` None: not usable (see `latest_by_series`)."""
+
+    file: SnapshotFile
+    meta: Meta | None
+
+    @property
+    def order(self) -> tuple[int, int]:
+        # the LSN decides which snapshot is newer; the name's second only breaks ties. Names
+        # are wall-clock seconds, which a burst of snapshots runs ahead of and a clock step
+        # moves back: ordering by them once restored an older snapshot than the newest
+        return (-1 if self.meta is None else self.meta.last_lsn, self.file.timestamp)
+
+
+def ranked_by_series(directory: Path) -> dict[str, list[Ranked]]:
+    """Each series' snapshots, newest (highest LSN) first; unusable ones last."""
+    ranked: dict[str, list[Ranked]] = {}
+    for snapshot in list_snapshots(directory):
+        ranked.setdefault(snapshot.series, []).append(Ranked(snapshot, snapshot.stored_meta()))
+    for entries in ranked.values():
+        entries.sort(key=lambda r: r.order, reverse=True)
+    return ranked
+
+
 def latest_by_series(directory: Path) -> dict[str, SnapshotFile]:
-    """The newest *complete* snapshot of each series.
+    """The newest *complete* snapshot of each series, by LSN.
 
     A `.tree` is written before its `.meta.json`, so one without a sidecar is a snapshot that a
     crash interrupted: the WAL was not truncated for it (truncation comes after every sidecar),
@@ -79,10 +103,20 @@ def latest_by_series(directory: Path) -> dict[str, SnapshotFile]:
     would count its writes twice.
     """
     latest: dict[str, SnapshotFile] = {}
-    for snapshot in list_snapshots(directory):
-        if snapshot.series not in latest and snapshot.has_meta():
-            latest[snapshot.series] = snapshot
+    for series, entries in ranked_by_series(directory).items():
+        if entries[0].meta is not None:
+            latest[series] = entries[0].file
     return latest
+
+
+def next_timestamp(directory: Path, series: str, wanted: int) -> int:
+    """A name second for a new snapshot of `series`: `wanted`, or one past its newest name.
+
+    Names only grow, so the newest snapshot also has the newest name (karma 1.0 restores the
+    newest name), and a name freed by pruning is never reused for a newer snapshot.
+    """
+    newest = max((s.timestamp for s in list_snapshots(directory) if s.series == series), default=-1)
+    return max(wanted, newest + 1)
 
 
 def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
@@ -106,8 +140,7 @@ def write_snapshot(
 ) -> Meta:
     # never overwrite an existing snapshot (two in one second): if this one is cut short by a
     # crash, the older one must still be there, sidecar and all
-    while (directory / f"{timestamp}_{series}.tree").exists():
-        timestamp += 1
+    timestamp = next_timestamp(directory, series, timestamp)
     name = f"{timestamp}_{series}.tree"
     atomic_write(directory / name, data, sync_dir=False)
     meta = Meta(tree=series, file=name, timestamp=timestamp, last_lsn=last_lsn, bytes=len(data))
@@ -151,13 +184,20 @@ def remove(snapshot: SnapshotFile) -> None:
 
 
 def prune(directory: Path, keep: int, live: set[str]) -> int:
-    """Keep the `keep` newest snapshots per series (0 keeps all); remove every snapshot of a
-    series that no longer exists, so a dropped series cannot come back (DEFECTS.md #4)."""
+    """Keep the `keep` newest snapshots per series by LSN (0 keeps all); remove every snapshot
+    of a series not in `live`, so a dropped series cannot come back (DEFECTS.md #4).
+
+    The newest usable snapshot of a live series is never removed, whatever `keep` says: it may
+    be the only copy of writes the WAL no longer holds.
+    """
     removed = 0
-    seen: dict[str, int] = {}
-    for snapshot in list_snapshots(directory):
-        seen[snapshot.series] = seen.get(snapshot.series, 0) + 1
-        if snapshot.series not in live or (keep and seen[snapshot.series] > keep):
+    for series, entries in ranked_by_series(directory).items():
+        if series in live:
+            kept = entries[:keep] if keep else entries
+            doomed = [r.file for r in entries if r not in kept]
+        else:
+            doomed = [r.file for r in entries]
+        for snapshot in doomed:
             remove(snapshot)
             removed += 1
     if removed:

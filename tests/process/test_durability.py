@@ -71,49 +71,137 @@ class Writer(threading.Thread):
             client.close()
 
 
-CYCLES = int(os.environ.get("KARMA_CRASH_CYCLES", "6"))
+class BatchWriter(threading.Thread):
+    """Sends keyed 50-item `series.batch_add`s (+1 on each of keys 100..149) until stopped."""
+
+    KEYS = range(100, 150)
+
+    def __init__(self, port: int, prefix: str) -> None:
+        super().__init__(daemon=True)
+        self.port, self.prefix = port, prefix
+        self.sent: list[str] = []
+        self.acked: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        try:
+            client = Client(self.port)
+        except OSError:
+            return
+        n = 0
+        try:
+            while not self.stop.is_set():
+                ident = f"{self.prefix}-batch-{n}"
+                n += 1
+                self.sent.append(ident)
+                if send_batch(client, ident).get("success"):
+                    self.acked.append(ident)
+        except (OSError, ConnectionError, ValueError):
+            pass
+        finally:
+            client.close()
+
+
+def send_batch(client: Client, ident: str) -> dict[str, object]:
+    items = [[key, B1, 1] for key in BatchWriter.KEYS]
+    return client.call("series.batch_add", series=S, items=items, idempotency_key=ident)
+
+
+class SnapshotLoop(threading.Thread):
+    """Sends `snapshot.create_all` back to back; `started` is set as each request leaves."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.started = threading.Event()
+        self.done = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        try:
+            client = Client(self.port)
+        except OSError:
+            return
+        try:
+            while not self.stop.is_set():
+                client.sock.sendall(b'{"v":2,"op":"snapshot.create_all"}\n')
+                self.started.set()
+                if client.reply().get("success"):
+                    self.done += 1
+        except (OSError, ConnectionError, ValueError):
+            pass
+        finally:
+            client.close()
+
+
+CYCLES = int(os.environ.get("KARMA_CRASH_CYCLES", "20"))
 
 
 @pytest.mark.crash
 @pytest.mark.parametrize("fsync", ["true", "false"])  # batched writes / synchronous writes
-def test_acknowledged_writes_survive_repeated_sigkill(proc: Proc, fsync: str) -> None:
-    proc.flags = [f"--wal-fsync={fsync}", "--log=true"]
+def test_acknowledged_writes_survive_sigkill_during_back_to_back_snapshots(
+    proc: Proc, fsync: str
+) -> None:
+    """Every cycle: single and 50-item writers, snapshots back to back and by SIGUSR1, then
+    SIGKILL 0-40 ms into a snapshot. No acknowledged write may be lost, none counted twice."""
+    proc.flags = [f"--wal-fsync={fsync}", "--log=true", "--max-request-bytes=65536"]
     rng = random.Random()
     seed = rng.randrange(1 << 30)
     rng.seed(seed)
-    writers_per_cycle = 4
-    acked: dict[int, set[str]] = {}
-    sent: dict[int, list[str]] = {}
+    writers_per_cycle = 3
+    acked: dict[int, set[str]] = {key: set() for key in range(writers_per_cycle)}
+    sent: dict[int, list[str]] = {key: [] for key in range(writers_per_cycle)}
+    batches_acked: set[str] = set()
+    batches_sent: list[str] = []
+    snapshots = 0
     for cycle in range(CYCLES):
         proc.start()
         writers = [Writer(proc.port, key, f"c{cycle}") for key in range(writers_per_cycle)]
-        for writer in writers:
-            writer.start()
-        time.sleep(rng.uniform(0.05, 0.4))
-        if rng.random() < 0.4:
-            proc.signal(signal.SIGUSR1)  # a snapshot (and WAL truncation) racing the writes
-            time.sleep(rng.uniform(0.0, 0.2))
+        batcher = BatchWriter(proc.port, f"c{cycle}")
+        looper = SnapshotLoop(proc.port)
+        for thread in (*writers, batcher, looper):
+            thread.start()
+        time.sleep(rng.uniform(0.05, 0.3))
+        proc.signal(signal.SIGUSR1)  # a second source of snapshots, racing the first
+        time.sleep(rng.uniform(0.0, 0.1))
+        looper.started.clear()
+        looper.started.wait(timeout=10)
+        time.sleep(rng.uniform(0.0, 0.04))  # 0-40 ms into a snapshot
         proc.kill()
         for writer in writers:
             writer.stop.set()
             writer.join(timeout=10)
-            acked.setdefault(writer.key, set()).update(writer.acked)
-            sent.setdefault(writer.key, []).extend(writer.sent)
+            acked[writer.key].update(writer.acked)
+            sent[writer.key].extend(writer.sent)
+        for thread in (batcher, looper):
+            thread.stop.set()
+            thread.join(timeout=10)
+        batches_acked.update(batcher.acked)
+        batches_sent.extend(batcher.sent)
+        snapshots += looper.done
     proc.start()
     client = Client(proc.port)
+    lost = 0
     try:
-        total_acked = sum(len(v) for v in acked.values())
+        total_acked = sum(len(v) for v in acked.values()) + len(batches_acked) * 50
         assert total_acked > 0, f"seed {seed}: no write was acknowledged"
+        report = []
         for key in range(writers_per_cycle):
             value = client.call("counter.sum", series=S, key=key)["response"]
-            assert len(acked[key]) <= value <= len(sent[key]), (
-                seed,
-                key,
-                value,
-                len(acked[key]),
-                len(sent[key]),
-            )
-            # retrying every write that was sent leaves exactly one count per write
+            lost += max(0, len(acked[key]) - value)
+            report.append((key, value, len(acked[key]), len(sent[key])))
+        for key in BatchWriter.KEYS:
+            value = client.call("counter.sum", series=S, key=key)["response"]
+            lost += max(0, len(batches_acked) - value)
+            report.append((key, value, len(batches_acked), len(batches_sent)))
+        print(
+            f"crash test (fsync={fsync}): {CYCLES} kill cycles, {snapshots} snapshots answered,"
+            f" {total_acked} acknowledged writes, {lost} lost, seed {seed}"
+        )
+        for key, value, n_acked, n_sent in report:
+            assert n_acked <= value <= n_sent, (seed, key, value, n_acked, n_sent)
+        # retrying every write that was sent leaves exactly one count per write
+        for key in range(writers_per_cycle):
             for ident in sent[key]:
                 answer = client.call(
                     "counter.increment",
@@ -125,9 +213,12 @@ def test_acknowledged_writes_survive_repeated_sigkill(proc: Proc, fsync: str) ->
                 )
                 assert answer["success"], (seed, answer)
             assert client.call("counter.sum", series=S, key=key)["response"] == len(sent[key])
+        for ident in batches_sent:
+            assert send_batch(client, ident)["success"], seed
+        for key in BatchWriter.KEYS:
+            assert client.call("counter.sum", series=S, key=key)["response"] == len(batches_sent)
     finally:
         client.close()
-    print(f"crash test: {CYCLES} kill cycles, {total_acked} acknowledged writes, seed {seed}")
 
 
 def test_a_write_killed_before_its_retry_counts_once(proc: Proc) -> None:
