@@ -124,6 +124,7 @@ async def serve(
         async with trio.open_nursery() as services:
             if writer is not None:
                 await services.start(writer.run)
+                services.start_soon(snapshots.recover_lost_wal)
             services.start_soon(_watch_signals, shutdown, snapshots, log)
             if config.metrics_port:
                 registry = metrics.full_registry(node.stats_values, engine.counters)

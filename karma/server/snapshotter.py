@@ -114,6 +114,20 @@ class Snapshotter:
         found = await trio.to_thread.run_sync(snapshot_files.list_snapshots, self.directory)
         self.status.dump_count = len(found)
 
+    async def recover_lost_wal(self) -> None:
+        """When karma.wal is found removed or replaced, memory still holds every acknowledged
+        write but no file does: a full snapshot makes them durable again, and its truncation
+        creates a new karma.wal. Until then writes are refused; retried every second."""
+        assert self.writer is not None
+        while True:
+            await self.writer.lost.wait()
+            try:
+                await self.create_all("wal_lost")
+            except KarmaError:
+                await trio.sleep(1.0)  # logged by create_all; the disk may come back
+                continue
+            self.writer.recovered()
+
     async def serve_interval(self, seconds: float) -> None:
         """Periodic snapshots (`--snapshot-interval-seconds`); a failure is logged, not fatal."""
         while True:

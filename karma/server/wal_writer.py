@@ -20,7 +20,7 @@ from karma.core.engine import Engine
 from karma.errors import ErrorCode, KarmaError
 from karma.observability.logs import Logger
 from karma.storage import wal_codec
-from karma.storage.wal_files import ActiveWal
+from karma.storage.wal_files import ActiveWal, WalLostError
 
 
 @attrs.define(eq=False)
@@ -50,6 +50,8 @@ class WalWriter:
     _busy: bool = attrs.field(init=False, default=False)
     #: submitted and not yet taken into a batch (the channel's statistics() costs ~1 µs)
     _queued: int = attrs.field(init=False, default=0)
+    #: set when karma.wal is found removed or replaced; the recovery task waits on it
+    lost: trio.Event = attrs.field(init=False, factory=trio.Event)
     batches: int = 0
 
     def __attrs_post_init__(self) -> None:
@@ -121,8 +123,29 @@ class WalWriter:
         return first, b"".join(parts), starts
 
     def _failed(self, exc: OSError, records: int) -> KarmaError:
+        if isinstance(exc, WalLostError):
+            if not self.lost.is_set():
+                self.log.error(
+                    "wal.lost",
+                    path=str(self.wal.directory / "karma.wal"),
+                    records=records,
+                    recovery="refusing writes until a full snapshot is written and a new"
+                    " karma.wal is created",
+                )
+                self.lost.set()
+            return KarmaError(
+                ErrorCode.STORAGE_UNAVAILABLE,
+                "WAL write failed: karma.wal was removed or replaced; nothing was written,"
+                " retry after the server's recovery snapshot",
+            )
         self.log.error("wal.write_failed", error=str(exc), records=records)
         return KarmaError(ErrorCode.INTERNAL_ERROR, f"WAL write failed: {exc.strerror or exc}")
+
+    def recovered(self) -> None:
+        """A full snapshot holds every acknowledged write and a new karma.wal is open."""
+        if self.lost.is_set():
+            self.lost = trio.Event()
+            self.log.info("wal.recovered", path=str(self.wal.directory / "karma.wal"))
 
     def _logged(self, rotated: str | None, first: int, count: int) -> None:
         if rotated is not None:

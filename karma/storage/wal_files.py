@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import os
 import re
 from pathlib import Path
@@ -25,6 +26,11 @@ INDEX_HEADER: Final = "KARMA_WAL_INDEX_V1"
 
 class WalCorruptError(Exception):
     """A damaged record followed by more records: refusing to guess."""
+
+
+class WalLostError(OSError):
+    """`karma.wal` was removed or replaced under the open file: what is written to it now is
+    in no file the data directory leads to, so it must not be acknowledged."""
 
 
 def segment_name(first_lsn: int) -> str:
@@ -119,16 +125,39 @@ class ActiveWal:
     fsync: bool
     segment_bytes: int
     _handle: int = -1
+    #: (st_dev, st_ino) of the open file, to notice the path no longer leading to it
+    _identity: tuple[int, int] = (0, 0)
+    #: set once the open file was found unreachable; cleared by `truncate_through` (a full
+    #: snapshot holds everything, and a new karma.wal is created)
+    lost: bool = False
+    _active_path: str = ""
     size: int = 0
     other_bytes: int = 0  # bytes in segments
     offsets: list[tuple[int, int]] = attrs.field(factory=list)  # (lsn, offset) in karma.wal
 
     def open(self, records: list[Record]) -> None:
         path = self.directory / ACTIVE
-        self._handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._open_active()
         self.size = os.fstat(self._handle).st_size
         self.offsets = [(r.lsn, r.offset) for r in records if r.path == path and r.lsn is not None]
         self.other_bytes = sum(p.stat().st_size for p in wal_paths(self.directory) if p != path)
+
+    def _open_active(self) -> None:
+        self._active_path = os.fspath(self.directory / ACTIVE)
+        self._handle = os.open(
+            self.directory / ACTIVE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
+        )
+        stat = os.fstat(self._handle)
+        self._identity = (stat.st_dev, stat.st_ino)
+        self.lost = False
+
+    def reachable(self) -> bool:
+        """Does `karma.wal` (followed, if it is a symlink) still lead to the file we write?"""
+        try:
+            stat = os.stat(self._active_path)  # a str: a Path costs a conversion per call
+        except OSError:
+            return False
+        return (stat.st_dev, stat.st_ino) == self._identity
 
     @property
     def total_bytes(self) -> int:
@@ -139,6 +168,10 @@ class ActiveWal:
 
         Returns the name of the segment the active file was rotated into first, if it was.
         """
+        if self.lost:
+            raise WalLostError(
+                errno.ENOENT, "karma.wal was removed or replaced; waiting for a full snapshot"
+            )
         rotated = None
         if self.segment_bytes and self.size >= self.segment_bytes and self.offsets:
             rotated = self._rotate()
@@ -153,6 +186,11 @@ class ActiveWal:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._handle, before)
             raise
+        # one stat per batch: a cleanup script that unlinked karma.wal leaves us writing to a
+        # file no restart will read, so this batch must fail instead of being acknowledged
+        if not self.reachable():
+            self.lost = True
+            raise WalLostError(errno.ENOENT, "karma.wal was removed or replaced")
         self.offsets.extend((lsn, before + start) for lsn, start in line_starts)
         self.size = before + len(data)
         return rotated
@@ -167,9 +205,7 @@ class ActiveWal:
         _write_index(target, self.size, self.offsets)
         fsync_directory(self.directory)
         self.other_bytes += self.size
-        self._handle = os.open(
-            self.directory / ACTIVE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
-        )
+        self._open_active()
         self.size = 0
         self.offsets = []
         return target.name
@@ -191,17 +227,24 @@ class ActiveWal:
         active = self.directory / ACTIVE
         tail = b""
         if keep_from is not None:
+            if self.lost:  # cannot happen: nothing is written once the file is lost
+                raise WalLostError(errno.ENOENT, "karma.wal lost with records after the cut")
             with open(active, "rb") as handle:
                 handle.seek(keep_from)
                 tail = handle.read()
         os.close(self._handle)
-        temp = self.directory / f".{ACTIVE}.{os.getpid()}.tmp"
+        # a symlinked karma.wal (the WAL on another disk) keeps its link: the file it leads to
+        # is replaced, next to itself
+        target = Path(os.path.realpath(active))
+        temp = target.with_name(f".{ACTIVE}.{os.getpid()}.tmp")
         with open(temp, "wb") as handle:
             handle.write(tail)
             handle.flush()
             if self.fsync:
                 os.fsync(handle.fileno())
-        os.replace(temp, active)
+        os.replace(temp, target)
+        if target.parent != self.directory:
+            fsync_directory(target.parent)
         lsn_file = self.directory / LSN_FILE
         temp = self.directory / f".{LSN_FILE}.{os.getpid()}.tmp"
         with open(temp, "w") as handle:  # replaced whole: a crash never leaves it half written
@@ -211,7 +254,7 @@ class ActiveWal:
                 os.fsync(handle.fileno())
         os.replace(temp, lsn_file)
         fsync_directory(self.directory)
-        self._handle = os.open(active, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._open_active()
         shift = keep_from or 0
         self.offsets = [(e, o - shift) for e, o in self.offsets if e > lsn]
         self.size = len(tail)
