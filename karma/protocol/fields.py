@@ -55,7 +55,7 @@ def check_range(day_range: DayRange) -> None:
         if not days.is_day(value):
             raise KarmaError.validation("Invalid bucket date")
     if day_range.first > day_range.last:
-        raise KarmaError.validation("Field time_from must be less than or equal to time_to")
+        raise KarmaError.validation("Bucket range start must be less than or equal to range end")
     if days.days_between(day_range.first, day_range.last) > days.MAX_RANGE_DAYS:
         raise KarmaError.validation("Range exceeds max days")
 

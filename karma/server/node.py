@@ -414,11 +414,12 @@ class Node:
 
     async def recovery_checkpoint(self, req: r.RecoveryCheckpoint) -> object:
         offset = req.source_offset if req.source_offset is not None else req.offset
-        checkpoint: dict[str, Any] = {"source": req.source}
-        if offset is not None:
-            checkpoint["offset"] = str(offset)
-        if req.event_id is not None:
-            checkpoint["event_id"] = str(req.event_id)
+        # karma 1.0 answers (and stores) a field that was not given as null, not absent
+        checkpoint: dict[str, Any] = {
+            "source": req.source,
+            "offset": None if offset is None else str(offset),
+            "event_id": None if req.event_id is None else str(req.event_id),
+        }
         checkpoint["updated_at_unix"] = int(time.time())
         updated = dict(self.checkpoints)
         updated[req.source] = checkpoint
@@ -430,12 +431,7 @@ class Node:
         )
         self.checkpoints = updated
         self.log.info("recovery.checkpoint", source=req.source, checkpoints=len(updated))
-        return {
-            "source": req.source,
-            "offset": checkpoint.get("offset"),
-            "event_id": checkpoint.get("event_id"),
-            "updated_at_unix": checkpoint["updated_at_unix"],
-        }
+        return checkpoint
 
     def _active_index(self) -> list[tuple[int, int]] | None:
         """A copy of the writer's (lsn, offset) index of karma.wal, taken on the event loop."""

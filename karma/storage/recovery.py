@@ -236,7 +236,17 @@ def load_checkpoints(directory: Path) -> list[dict[str, Any]]:
     except (msgspec.DecodeError, OSError) as exc:
         raise RestoreError(f"{path}: {exc}") from exc
     found = document.get("checkpoints") if isinstance(document, dict) else None
-    return [c for c in found or [] if isinstance(c, dict) and "source" in c]
+    # every checkpoint in karma 1.0's field order, a field never given as null
+    return [
+        {
+            "source": c["source"],
+            "offset": c.get("offset"),
+            "event_id": c.get("event_id"),
+            "updated_at_unix": c.get("updated_at_unix"),
+        }
+        for c in found or []
+        if isinstance(c, dict) and "source" in c
+    ]
 
 
 def _replay_one(

@@ -106,3 +106,15 @@ async def test_recovery_checkpoints_are_kept_in_recovery_json(
     assert b'"source":"export"' in (tmp_path / "recovery.json").read_bytes()
     empty = await client.call("recovery.checkpoint", source="x")
     assert empty["response"] == "Field offset or event_id is required"
+
+
+async def test_a_checkpoint_field_not_given_is_answered_as_null(
+    nursery: trio.Nursery, tmp_path: Path, connect: Connect
+) -> None:
+    server = await start_server(nursery, tmp_path)
+    client = await connect(server.port)
+    answer = (await client.call("recovery.checkpoint", source="other", event_id="e"))["response"]
+    assert list(answer) == ["source", "offset", "event_id", "updated_at_unix"]
+    assert (answer["offset"], answer["event_id"]) == (None, "e")
+    status = (await client.call("recovery.status", source="other"))["response"]
+    assert status["checkpoints"] == [answer]

@@ -158,7 +158,7 @@ def test_string_buckets_are_days() -> None:
         (
             line("counter.sum", series="a", key=1, range={"from": 20260502, "to": B1}),
             ErrorCode.VALIDATION_ERROR,
-            "Field time_from must be less than or equal to time_to",
+            "Bucket range start must be less than or equal to range end",
         ),
         (
             line("counter.sum", series="a", key=1, range={"from": 20250101, "to": 20260501}),
