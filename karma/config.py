@@ -233,7 +233,8 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "KARMA_READ_AUTH_TOKEN",
         None,
         parse_token,
-        "Token allowed to run read-only commands.",
+        "Token allowed to run read-only commands. Setting either token makes a valid token"
+        " required on every request.",
     ),
     Option(
         "--dump-retention-per-tree",
