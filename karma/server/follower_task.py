@@ -142,9 +142,14 @@ class Follower:
                     # a bad answer or a local file problem: visible, retried, never fatal
                     failures += 1
                     delay = min(MAX_BACKOFF_S, interval * 2 ** min(failures, 10))
-                    self.log.warning(
-                        "replication.poll_failed", error=str(exc), retry_in_s=round(delay, 2)
+                    # named by what failed: a replica that never reaches its master fails
+                    # its bootstrap, not a poll (alerts and runbooks look for both)
+                    event = (
+                        "replication.bootstrap_failed"
+                        if need_bootstrap
+                        else "replication.poll_failed"
                     )
+                    self.log.warning(event, error=str(exc), retry_in_s=round(delay, 2))
                     await trio.sleep(delay * random.uniform(0.5, 1.5))
         finally:
             await self.link.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -144,7 +145,32 @@ def test_the_alert_rules_check() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_every_alert_fires_when_it_should_and_stays_quiet_otherwise() -> None:
+    done = subprocess.run(
+        ["promtool", "test", "rules", str(OPS / "alerts_test.yml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_alert_has_a_rule_test() -> None:
+    alerts = set(re.findall(r"- alert: (\w+)", (OPS / "alerts.yml").read_text()))
+    tested = set(re.findall(r"alertname: (\w+)", (OPS / "alerts_test.yml").read_text()))
+    assert alerts
+    assert alerts == tested
+
+
 def test_the_dashboard_is_valid_json_over_karma_metrics() -> None:
     dashboard = json.loads((OPS / "grafana-dashboard.json").read_text())
-    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-    assert all("karma_" in expr for expr in exprs)
+    targets = [t for p in dashboard["panels"] for t in p["targets"]]
+    assert all("karma_" in t["expr"] for t in targets)
+    # a legend may only name labels the query keeps
+    for target in targets:
+        if "{{op}}" in target.get("legendFormat", ""):
+            assert "karma_command_duration_seconds" in target["expr"], target
+        if "histogram_quantile" in target["expr"]:
+            assert "instance" in target["expr"], target

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.process.proc import Client, Proc
+from tests.process.proc import Client, Proc, free_port
 
 pytestmark = pytest.mark.process
 B1 = 20260501
@@ -168,3 +168,23 @@ def test_a_replica_promoted_to_master_keeps_its_data_and_lsns(
     assert promoted.call("counter.increment", series="api", key=1, bucket=B1)["success"]
     assert promoted.call("system.stats")["response"]["wal_current_lsn"] == lsn + 1
     promoted.close()
+
+
+def test_a_replica_that_never_reaches_its_master_says_its_bootstrap_fails(tmp_path: Path) -> None:
+    (tmp_path / "r").mkdir()
+    replica = Proc(
+        tmp_path / "r", "--role=slave", "--replication-poll-interval-ms=50", "--log=true"
+    )
+    try:
+        nobody = free_port()  # nothing listens there
+        replica.start("--replication-source-host=127.0.0.1", f"--replication-source-port={nobody}")
+        deadline = time.monotonic() + 20
+        while '"replication.bootstrap_failed"' not in replica.stderr():
+            assert time.monotonic() < deadline, replica.stderr()[-2000:]
+            time.sleep(0.1)
+        assert '"replication.poll_failed"' not in replica.stderr()
+        stats = ask(replica.port, "system.stats")["response"]
+        assert stats["replication_bootstrap_error_count"] >= 1
+        assert stats["replication_bootstrap_success_count"] == 0
+    finally:
+        replica.close()
