@@ -1,7 +1,8 @@
 """`karma-trio [serve] [--option=value ...]`: parse the configuration, run the server.
 
-Exit codes: 0 after a clean stop, 1 when the data directory cannot be used, 2 for a bad
-configuration (one line naming the option; nothing is started).
+Exit codes: 0 after a clean stop, 1 when the server cannot start (the data directory cannot be
+used, an address is in use or does not resolve), 2 for a bad configuration (one line naming the
+option; nothing is started).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from karma.server.app import StartupError, serve
 
 class ExitCode(IntEnum):
     OK = 0
-    STARTUP_FAILED = 1  # data directory unusable, WAL or snapshot damaged
+    STARTUP_FAILED = 1  # data directory unusable, WAL or snapshot damaged, address unusable
     BAD_CONFIG = 2  # an option or environment variable has a bad value
 
 
@@ -44,14 +45,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = Logger(enabled=config.log, level=config.log_level)
     try:
         trio.run(partial(serve, config, log=log))
-    except StartupError as exc:
-        log.error("startup.failed", error=str(exc))
-        print(f"karma-trio: cannot start: {exc}", file=sys.stderr)
-        return ExitCode.STARTUP_FAILED
-    except OSError as exc:
-        log.error("startup.failed", error=str(exc))
-        print(f"karma-trio: cannot start: {exc}", file=sys.stderr)
-        return ExitCode.STARTUP_FAILED
     except KeyboardInterrupt:
         return ExitCode.OK
+    except (StartupError, OSError, BaseExceptionGroup) as exc:
+        reason = startup_failure(exc)
+        if reason is None:
+            raise  # a bug, not a refusal to start: keep the traceback
+        log.error("startup.failed", error=reason)
+        print(f"karma-trio: cannot start: {reason}", file=sys.stderr)
+        return ExitCode.STARTUP_FAILED
     return ExitCode.OK
+
+
+def startup_failure(exc: BaseException) -> str | None:
+    """One line for a start refused by the data directory or the network, else None.
+
+    Listeners and the metrics endpoint open inside the server's nursery, so their errors arrive
+    wrapped in exception groups; the operator needs the cause, not the nesting.
+    """
+    if isinstance(exc, BaseExceptionGroup):
+        reasons = [startup_failure(inner) for inner in exc.exceptions]
+        if not reasons or any(reason is None for reason in reasons):
+            return None
+        return "; ".join(dict.fromkeys(r for r in reasons if r is not None))
+    if isinstance(exc, StartupError | OSError):
+        return str(exc)
+    return None
