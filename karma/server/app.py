@@ -125,7 +125,7 @@ async def serve(
                 await services.start(writer.run)
             services.start_soon(_watch_signals, shutdown, snapshots, log)
             if config.metrics_port:
-                registry = metrics.full_registry(node.stats_values, engine.counters)
+                registry = metrics.full_registry(node.stats_values, engine.counters, status)
                 await services.start(
                     serve_metrics, registry, config.metrics_bind, config.metrics_port, log
                 )

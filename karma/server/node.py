@@ -423,11 +423,20 @@ class Node:
         updated = dict(self.checkpoints)
         updated[req.source] = checkpoint
         document = {"checkpoints": [c for _, c in sorted(updated.items())]}
-        await self.in_thread(
-            snapshot_files.atomic_write,
-            self.directory / snapshot_files.RECOVERY,
-            msgspec.json.encode(document) + b"\n",
-        )
+        try:
+            await self.in_thread(
+                snapshot_files.atomic_write,
+                self.directory / snapshot_files.RECOVERY,
+                msgspec.json.encode(document) + b"\n",
+            )
+        except OSError as exc:  # atomic: recovery.json still holds the previous checkpoints
+            self.log.error("recovery.checkpoint_failed", source=req.source, error=str(exc))
+            error = KarmaError.storage(
+                "Recovery checkpoint failed", exc, "the previous checkpoints are kept"
+            )
+            self.status.storage_refused("files", error.message)
+            raise error from exc
+        self.status.storage_recovered("files")
         self.checkpoints = updated
         self.log.info("recovery.checkpoint", source=req.source, checkpoints=len(updated))
         return {

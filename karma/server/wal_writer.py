@@ -17,7 +17,7 @@ import trio
 from karma.core import mutations as m
 from karma.core.counters import NodeStatus
 from karma.core.engine import Engine
-from karma.errors import ErrorCode, KarmaError
+from karma.errors import KarmaError
 from karma.observability.logs import Logger
 from karma.storage import wal_codec
 from karma.storage.wal_files import ActiveWal
@@ -121,10 +121,16 @@ class WalWriter:
         return first, b"".join(parts), starts
 
     def _failed(self, exc: OSError, records: int) -> KarmaError:
+        # the disk refused (full, read-only, ...): append cut the file back, nothing was
+        # applied or acknowledged, so the client may retry — not a bug (internal_error)
         self.log.error("wal.write_failed", error=str(exc), records=records)
-        return KarmaError(ErrorCode.INTERNAL_ERROR, f"WAL write failed: {exc.strerror or exc}")
+        error = KarmaError.storage("WAL write failed", exc, "nothing was written")
+        self.status.storage_refused("wal", error.message)
+        return error
 
     def _logged(self, rotated: str | None, first: int, count: int) -> None:
+        if self.status.storage_problems:  # one dict test per write while all is well
+            self.status.storage_recovered("wal")
         if rotated is not None:
             self.log.info("wal.rotate", segment=rotated, first_lsn_after=first)
         self.status.wal_current_lsn = first + count - 1

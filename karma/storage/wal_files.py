@@ -162,16 +162,24 @@ class ActiveWal:
         target = self.directory / segment_name(first_lsn)
         if target.exists():
             raise OSError(f"WAL segment already exists: {target}")
+        # The handle is closed only once the new karma.wal is open: a refused rename or create
+        # (disk full, immutable directory) leaves the WAL as it was, and never a closed
+        # descriptor whose number the next accepted socket gets (the next append went there).
+        active = self.directory / ACTIVE
+        os.rename(active, target)  # the open handle follows the file
+        try:
+            handle = os.open(active, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError:
+            os.rename(target, active)
+            raise
         os.close(self._handle)
-        os.rename(self.directory / ACTIVE, target)
-        _write_index(target, self.size, self.offsets)
-        fsync_directory(self.directory)
-        self.other_bytes += self.size
-        self._handle = os.open(
-            self.directory / ACTIVE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
-        )
+        self._handle = handle
+        size, offsets = self.size, self.offsets
+        self.other_bytes += size
         self.size = 0
         self.offsets = []
+        _write_index(target, size, offsets)  # if refused, the batch is; the rotation stands
+        fsync_directory(self.directory)
         return target.name
 
     def truncate_through(self, lsn: int, current_lsn: int) -> None:
@@ -194,14 +202,26 @@ class ActiveWal:
             with open(active, "rb") as handle:
                 handle.seek(keep_from)
                 tail = handle.read()
-        os.close(self._handle)
+        # The new file's descriptor becomes the WAL's handle: nothing is closed or reopened
+        # until the rewrite is in place, so a refused write (disk full, immutable directory)
+        # leaves the old file and a valid handle, and no reopen can fail after the replace.
         temp = self.directory / f".{ACTIVE}.{os.getpid()}.tmp"
-        with open(temp, "wb") as handle:
-            handle.write(tail)
-            handle.flush()
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        try:
+            _write_all(fd, tail)
             if self.fsync:
-                os.fsync(handle.fileno())
-        os.replace(temp, active)
+                os.fsync(fd)
+            os.replace(temp, active)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise
+        os.close(self._handle)
+        self._handle = fd
+        shift = keep_from or 0
+        self.offsets = [(e, o - shift) for e, o in self.offsets if e > lsn]
+        self.size = len(tail)
         lsn_file = self.directory / LSN_FILE
         temp = self.directory / f".{LSN_FILE}.{os.getpid()}.tmp"
         with open(temp, "w") as handle:  # replaced whole: a crash never leaves it half written
@@ -211,10 +231,6 @@ class ActiveWal:
                 os.fsync(handle.fileno())
         os.replace(temp, lsn_file)
         fsync_directory(self.directory)
-        self._handle = os.open(active, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        shift = keep_from or 0
-        self.offsets = [(e, o - shift) for e, o in self.offsets if e > lsn]
-        self.size = len(tail)
         self.other_bytes = sum(p.stat().st_size for p in wal_paths(self.directory) if p != active)
 
     def reset_to(self, lsn: int) -> None:
@@ -225,6 +241,12 @@ class ActiveWal:
         if self._handle >= 0:
             os.close(self._handle)
             self._handle = -1
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    written = 0
+    while written < len(data):
+        written += os.write(fd, data[written:])
 
 
 def _records(path: Path) -> list[wal_codec.Line]:
