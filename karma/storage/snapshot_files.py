@@ -21,6 +21,9 @@ from karma.storage.snapshot_codec import Meta
 from karma.storage.wal_files import fsync_directory
 
 TREE_NAME: Final = re.compile(r"(\d+)_(.+)\.tree")
+#: NAME_MAX of Linux file systems (ext4, xfs, btrfs, tmpfs), in bytes: no longer name can be in
+#: the directory, and the OS answers ENAMETOOLONG to any question about one.
+NAME_MAX_BYTES: Final = 255
 IDEMPOTENCY: Final = "karma.idempotency.json"
 RECOVERY: Final = "recovery.json"
 
@@ -166,8 +169,19 @@ def prune(directory: Path, keep: int, live: set[str]) -> int:
 
 
 def resolve(directory: Path, file: str) -> SnapshotFile | None:
-    """The snapshot named `file` (a validated basename) inside `directory`, if it exists."""
+    """The snapshot named `file` (a validated basename) inside `directory`, if it exists.
+
+    None for every other name, never an error: a name the OS cannot hold names no snapshot,
+    so it is not asked (it raises ENAMETOOLONG, which clients saw as internal_error).
+    """
     path = directory / file
-    if path.parent != directory:
+    if path.parent != directory or not _fits_a_directory(file):
         return None
     return parse_name(path)
+
+
+def _fits_a_directory(name: str) -> bool:
+    try:
+        return len(os.fsencode(name)) <= NAME_MAX_BYTES
+    except UnicodeEncodeError:  # a lone surrogate: no file system name either
+        return False
