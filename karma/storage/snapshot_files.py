@@ -16,7 +16,7 @@ from typing import Final
 import attrs
 import msgspec
 
-from karma.storage import snapshot_codec
+from karma.storage import files, snapshot_codec
 from karma.storage.snapshot_codec import Meta
 from karma.storage.wal_files import fsync_directory
 
@@ -40,7 +40,7 @@ class SnapshotFile:
 
     def has_meta(self) -> bool:
         try:
-            snapshot_codec.decode_meta(self.meta_path.read_bytes())
+            snapshot_codec.decode_meta(files.read_regular(self.meta_path))
         except (OSError, ValueError):
             return False
         return True
@@ -48,7 +48,7 @@ class SnapshotFile:
     def meta(self) -> Meta:
         """The sidecar, or what can be derived without one (karma 1.0: `last_lsn` 0)."""
         try:
-            return snapshot_codec.decode_meta(self.meta_path.read_bytes())
+            return snapshot_codec.decode_meta(files.read_regular(self.meta_path))
         except (OSError, ValueError):
             size = self.path.stat().st_size
             return Meta(
@@ -62,7 +62,8 @@ class SnapshotFile:
 
 def parse_name(path: Path) -> SnapshotFile | None:
     match = TREE_NAME.fullmatch(path.name)
-    if match is None or not path.is_file():
+    # a symlink is no snapshot, even to one: not listed, restored, pruned or served (files.py)
+    if match is None or not files.is_regular(path):
         return None
     return SnapshotFile(path, int(match.group(1)), match.group(2))
 
@@ -91,7 +92,7 @@ def latest_by_series(directory: Path) -> dict[str, SnapshotFile]:
 def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
     temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
     try:
-        with open(temp, "wb") as handle:
+        with open(files.create_new(temp), "wb") as handle:  # never through a planted link
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -138,7 +139,7 @@ def idempotency_meta(directory: Path) -> dict[str, object] | None:
     """The idempotency snapshot's metadata in API order, or None when there is none."""
     path = directory / (IDEMPOTENCY + ".meta.json")
     try:
-        meta = msgspec.json.decode(path.read_bytes())
+        meta = msgspec.json.decode(files.read_regular(path))
     except (OSError, msgspec.DecodeError):
         return None
     if not isinstance(meta, dict):
@@ -178,6 +179,11 @@ def resolve(directory: Path, file: str) -> SnapshotFile | None:
     if path.parent != directory or not _fits_a_directory(file):
         return None
     return parse_name(path)
+
+
+def read(snapshot: SnapshotFile) -> bytes:
+    """The snapshot's bytes; NotRegularFileError if its name holds no regular file (any more)."""
+    return files.read_regular(snapshot.path)
 
 
 def _fits_a_directory(name: str) -> bool:

@@ -15,12 +15,15 @@ from typing import Final
 
 import attrs
 
-from karma.storage import wal_codec
+from karma.storage import files, wal_codec
 
 ACTIVE: Final = "karma.wal"
 LSN_FILE: Final = "karma.wal.lsn"
 SEGMENT: Final = re.compile(r"karma\.wal\.(\d{20})\.segment")
 INDEX_HEADER: Final = "KARMA_WAL_INDEX_V1"
+#: O_NOFOLLOW: WAL records appended to the target of a link planted at karma.wal would leave
+#: the directory; startup stops instead (ELOOP), naming the file.
+_OPEN_ACTIVE: Final = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class WalCorruptError(Exception):
@@ -36,11 +39,11 @@ def wal_paths(directory: Path) -> list[Path]:
     segments = sorted(
         (int(match.group(1)), path)
         for path in directory.iterdir()
-        if (match := SEGMENT.fullmatch(path.name)) and path.is_file()
+        if (match := SEGMENT.fullmatch(path.name)) and files.is_regular(path)
     )
     paths = [path for _, path in segments]
     active = directory / ACTIVE
-    if active.is_file():
+    if files.is_regular(active):  # a symlink is skipped, and ActiveWal.open refuses it
         paths.append(active)
     return paths
 
@@ -103,7 +106,9 @@ def cut_torn_tail(path: Path, good_end: int) -> Path:
     """
     data = path.read_bytes()
     saved = path.with_name(f"{path.name}.torn-{good_end}")
-    saved.write_bytes(data[good_end:])
+    # a name chosen from the offset: one left by an earlier crash at the same offset is
+    # replaced as before, a link planted there is removed rather than written through
+    files.write_new(saved, data[good_end:], fsync=True, replace=True)
     with open(path, "r+b") as handle:
         handle.truncate(good_end)
         handle.flush()
@@ -125,7 +130,7 @@ class ActiveWal:
 
     def open(self, records: list[Record]) -> None:
         path = self.directory / ACTIVE
-        self._handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._handle = os.open(path, _OPEN_ACTIVE, 0o644)
         self.size = os.fstat(self._handle).st_size
         self.offsets = [(r.lsn, r.offset) for r in records if r.path == path and r.lsn is not None]
         self.other_bytes = sum(p.stat().st_size for p in wal_paths(self.directory) if p != path)
@@ -168,7 +173,7 @@ class ActiveWal:
         active = self.directory / ACTIVE
         os.rename(active, target)  # the open handle follows the file
         try:
-            handle = os.open(active, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            handle = os.open(active, _OPEN_ACTIVE, 0o644)
         except OSError:
             os.rename(target, active)
             raise
@@ -206,7 +211,9 @@ class ActiveWal:
         # until the rewrite is in place, so a refused write (disk full, immutable directory)
         # leaves the old file and a valid handle, and no reopen can fail after the replace.
         temp = self.directory / f".{ACTIVE}.{os.getpid()}.tmp"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        # a predictable name (see files.py); O_APPEND as every karma.wal handle: append's
+        # cut-back after a failed write moves the end, and the next write must follow it
+        fd = files.create_new(temp, replace=True, append=True)
         try:
             _write_all(fd, tail)
             if self.fsync:
@@ -224,11 +231,8 @@ class ActiveWal:
         self.size = len(tail)
         lsn_file = self.directory / LSN_FILE
         temp = self.directory / f".{LSN_FILE}.{os.getpid()}.tmp"
-        with open(temp, "w") as handle:  # replaced whole: a crash never leaves it half written
-            handle.write(f"{current_lsn}\n")
-            handle.flush()
-            if self.fsync:
-                os.fsync(handle.fileno())
+        # replaced whole: a crash never leaves it half written
+        files.write_new(temp, f"{current_lsn}\n".encode(), fsync=self.fsync, replace=True)
         os.replace(temp, lsn_file)
         fsync_directory(self.directory)
         self.other_bytes = sum(p.stat().st_size for p in wal_paths(self.directory) if p != active)
@@ -258,7 +262,7 @@ def _write_index(segment: Path, size: int, offsets: list[tuple[int, int]]) -> No
     index = segment.with_name(segment.name + ".idx")
     temp = index.with_name(f"{index.name}.{os.getpid()}.tmp")
     rows = [f"{INDEX_HEADER} size={size}"] + [f"{lsn} {offset}" for lsn, offset in offsets]
-    temp.write_text("\n".join(rows) + "\n")
+    files.write_new(temp, ("\n".join(rows) + "\n").encode(), fsync=False, replace=True)
     os.replace(temp, index)
 
 

@@ -59,3 +59,10 @@ def test_a_name_of_exactly_255_bytes_is_simply_not_found(client: Client) -> None
     for op in OPS:
         answer = client.call(op, file=name)
         assert answer["error_code"] == "not_found", (op, answer)
+
+
+def test_a_name_with_a_nul_byte_is_simply_not_found(client: Client) -> None:
+    for op in OPS:
+        answer = client.call(op, file="1_a\u0000b.tree")
+        assert answer["error_code"] in ("validation_error", "not_found"), (op, answer)
+    assert client.call("system.ping")["response"] == "pong"
