@@ -77,5 +77,15 @@ class KarmaError(Exception):
         return cls(ErrorCode.NOT_FOUND, f'Tree "{name}" not found')
 
     @classmethod
+    def storage(cls, failed: str, exc: OSError, kept: str) -> KarmaError:
+        """The data directory refused a write (`exc`): say what failed, why, and what is kept.
+
+        The OS's own words name the cause ("No space left on device", "Read-only file
+        system"); the path is left to the log, since clients cannot act on it.
+        """
+        cause = exc.strerror or str(exc)
+        return cls(ErrorCode.STORAGE_UNAVAILABLE, f"{failed}: {cause}; {kept}, retry later")
+
+    @classmethod
     def internal(cls) -> KarmaError:
         return cls(ErrorCode.INTERNAL_ERROR, "Internal server error")

@@ -90,10 +90,12 @@ class TopItem(msgspec.Struct, frozen=True):
 
 
 class Health(msgspec.Struct, frozen=True):
-    status: str
+    status: str  # "ok", or "unhealthy" while the data directory refuses writes
     uptime_seconds: int
     role: str
     wal_enabled: bool
+    #: why it is unhealthy (e.g. "WAL write failed: No space left on device; …")
+    storage_error: str | None = None
 
 
 @attrs.frozen

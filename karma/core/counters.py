@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Final
+from typing import Final, Literal
 
 import attrs
 
@@ -26,6 +26,10 @@ LATENCY_BUCKETS_S: Final = (
     1.0,
     2.5,
 )
+
+#: "wal": appends and rotation of the WAL; "files": snapshots and recovery.json, which are
+#: whole new files written beside the old ones.
+StorageKind = Literal["wal", "files"]
 
 
 @attrs.define(eq=False, slots=True)
@@ -115,6 +119,26 @@ class NodeStatus:
     wal_current_lsn: int = 0
     dump_count: int = 0
     last_snapshot_lsn: int = 0
+    #: What the data directory refuses now, by kind, newest last; a kind is cleared by its
+    #: next successful write. Kinds are kept apart because an immutable directory still takes
+    #: appends to the open karma.wal while refusing every new file: one success must not hide
+    #: the other kind's failure.
+    storage_problems: dict[StorageKind, str] = attrs.field(factory=dict)
+    #: refused WAL batches, snapshots and recovery checkpoints since start
+    storage_error_count: int = 0
+
+    def storage_refused(self, kind: StorageKind, message: str) -> None:
+        self.storage_error_count += 1
+        self.storage_problems.pop(kind, None)  # re-inserted last: the newest is the one named
+        self.storage_problems[kind] = message
+
+    def storage_recovered(self, kind: StorageKind) -> None:
+        self.storage_problems.pop(kind, None)
+
+    @property
+    def storage_error(self) -> str | None:
+        """The newest storage problem not yet cleared, or None."""
+        return next(reversed(self.storage_problems.values()), None)
 
 
 @attrs.define(eq=False)

@@ -14,12 +14,20 @@ def replayed_lsn(status: NodeStatus) -> int:
 
 
 def health(status: NodeStatus, now: float) -> dict[str, object]:
-    return {
+    answer: dict[str, object] = {
         "status": "ok",
         "uptime_seconds": int(now - status.started_at),
         "role": status.role,
         "wal_enabled": status.wal_enabled,
     }
+    problem = status.storage_error
+    if problem is not None:
+        # karma 1.0 always answered "ok" (persistence.md §9.1); a data directory refusing
+        # writes is worth a load balancer's attention. The field appears only then, so a
+        # healthy answer stays exactly karma 1.0's (golden: envelope_ping_health).
+        answer["status"] = "unhealthy"
+        answer["storage_error"] = problem
+    return answer
 
 
 def stats(engine: Engine, status: NodeStatus, now: float, memory_bytes: int) -> dict[str, object]:

@@ -2,7 +2,7 @@
 
 The hot path only bumps integers (core/counters.py); this collector turns them into metric
 families when somebody asks: `system.metrics` over the protocol (karma 1.0's names, exactly) and
-`GET /metrics` on `--metrics-port` (the same, plus per-op latency histograms).
+`GET /metrics` on `--metrics-port` (the same, plus per-op latency histograms and storage errors).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from karma.core.counters import LATENCY_BUCKETS_S, Counters
+from karma.core.counters import LATENCY_BUCKETS_S, Counters, NodeStatus
 from karma.core.report import METRICS
 
 Stats = Callable[[], dict[str, object]]
@@ -68,6 +68,28 @@ class LatencyCollector(Collector):
         yield family
 
 
+class StorageCollector(Collector):
+    """Refused writes to the data directory (disk full, read-only, immutable).
+
+    Not in system.metrics, which keeps karma 1.0's names exactly; `GET /metrics` only.
+    """
+
+    def __init__(self, status: NodeStatus) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "karma_storage_errors",
+            "WAL batches, snapshots and recovery checkpoints the data directory refused",
+            value=self.status.storage_error_count,
+        )
+        yield GaugeMetricFamily(
+            "karma_storage_unavailable",
+            "1 while the data directory refuses WAL writes or new files (see system.health)",
+            value=1 if self.status.storage_problems else 0,
+        )
+
+
 def _number(value: object) -> float:
     if isinstance(value, bool):
         return 1.0 if value else 0.0
@@ -80,9 +102,10 @@ def karma_registry(stats: Stats) -> CollectorRegistry:
     return registry
 
 
-def full_registry(stats: Stats, counters: Counters) -> CollectorRegistry:
+def full_registry(stats: Stats, counters: Counters, status: NodeStatus) -> CollectorRegistry:
     registry = karma_registry(stats)
     registry.register(LatencyCollector(counters))
+    registry.register(StorageCollector(status))
     return registry
 
 

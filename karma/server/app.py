@@ -35,7 +35,7 @@ from karma.server.metrics_http import serve_metrics
 from karma.server.node import Node
 from karma.server.snapshotter import Snapshotter
 from karma.server.wal_writer import WalWriter
-from karma.storage import recovery, snapshot_files
+from karma.storage import files, recovery, snapshot_files
 from karma.storage.wal_files import ActiveWal, WalCorruptError
 
 
@@ -77,6 +77,11 @@ def _prepare(config: Config, log: Logger) -> Prepared:
         )
     except (WalCorruptError, recovery.RestoreError, OSError) as exc:
         raise StartupError(str(exc)) from exc
+    for path in files.planted(directory):
+        # restore skipped it (karma writes only regular files, and a link would lead out of
+        # the directory): if it was put there on purpose, replace it with the file itself
+        kind = "symlink" if path.is_symlink() else "not a regular file"
+        log.warning("storage.ignored", path=str(path), kind=kind)
     status.wal_current_lsn = restored.last_lsn
     status.last_snapshot_lsn = restored.snapshot_lsn
     status.dump_count = len(snapshot_files.list_snapshots(directory))
@@ -127,7 +132,7 @@ async def serve(
                 services.start_soon(snapshots.recover_lost_wal)
             services.start_soon(_watch_signals, shutdown, snapshots, log)
             if config.metrics_port:
-                registry = metrics.full_registry(node.stats_values, engine.counters)
+                registry = metrics.full_registry(node.stats_values, engine.counters, status)
                 await services.start(
                     serve_metrics, registry, config.metrics_bind, config.metrics_port, log
                 )

@@ -9,6 +9,7 @@ through `handle_async`, which the connection awaits in order.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -37,7 +38,7 @@ from karma.protocol.decode import decode
 from karma.protocol.gate import Gate
 from karma.server.snapshotter import Snapshotter
 from karma.server.wal_writer import Pending, WalWriter
-from karma.storage import snapshot_codec, snapshot_files, wal_files
+from karma.storage import files, snapshot_codec, snapshot_files, wal_files
 
 
 @attrs.define(eq=False)
@@ -374,8 +375,10 @@ class Node:
             series = req.file.split("_", 1)[1].removesuffix(".tree")
             raise KarmaError(ErrorCode.NOT_FOUND, f'Dump "{series}" not found')
         try:
-            data = await self.in_thread(snapshot.path.read_bytes)
+            data = await self.in_thread(snapshot_files.read, snapshot)
             loaded = snapshot_codec.decode_series(data)
+        except files.NotRegularFileError as exc:  # removed, or swapped for a link, meanwhile
+            raise KarmaError(ErrorCode.NOT_FOUND, f'Dump "{snapshot.series}" not found') from exc
         except (OSError, snapshot_codec.SnapshotError) as exc:
             raise KarmaError.validation(f"Cannot load {req.file}: {exc}") from exc
         # karma 1.0 semantics: memory only, not logged; the next snapshot makes it durable
@@ -384,16 +387,14 @@ class Node:
         return f'Tree "{snapshot.series}" loaded'
 
     async def snapshot_fetch(self, req: r.SnapshotFetch) -> object:
-        snapshot = self._existing(req.file)
-        data = await self.in_thread(snapshot.path.read_bytes)
+        snapshot, data = await self._existing(req.file)
         return {
             "metadata": snapshot.meta().presented(),
             "data_base64": base64.b64encode(data).decode(),
         }
 
     async def snapshot_fetch_chunk(self, req: r.SnapshotFetchChunk) -> object:
-        snapshot = self._existing(req.file)
-        data = await self.in_thread(snapshot.path.read_bytes)
+        snapshot, data = await self._existing(req.file)
         return _chunk(snapshot.meta().presented(), data, req.offset, req.limit, "snapshot")
 
     async def idempotency_snapshot_fetch_chunk(
@@ -401,16 +402,19 @@ class Node:
     ) -> object:
         meta = snapshot_files.idempotency_meta(self.directory)
         path = self.directory / snapshot_files.IDEMPOTENCY
-        if meta is None or not path.exists():
-            raise KarmaError(ErrorCode.NOT_FOUND, "Idempotency snapshot not found")
-        data = await self.in_thread(path.read_bytes)
-        return _chunk(meta, data, req.offset, req.limit, "idempotency snapshot")
+        if meta is not None:
+            with contextlib.suppress(files.NotRegularFileError):  # a link is no snapshot
+                data = await self.in_thread(files.read_regular, path)
+                return _chunk(meta, data, req.offset, req.limit, "idempotency snapshot")
+        raise KarmaError(ErrorCode.NOT_FOUND, "Idempotency snapshot not found")
 
-    def _existing(self, file: str) -> snapshot_files.SnapshotFile:
+    async def _existing(self, file: str) -> tuple[snapshot_files.SnapshotFile, bytes]:
+        """The snapshot named `file` and its bytes: a regular file in the directory only."""
         snapshot = snapshot_files.resolve(self.directory, file)
-        if snapshot is None:
-            raise KarmaError(ErrorCode.NOT_FOUND, f'Snapshot "{file}" not found')
-        return snapshot
+        if snapshot is not None:
+            with contextlib.suppress(files.NotRegularFileError):  # removed or swapped meanwhile
+                return snapshot, await self.in_thread(snapshot_files.read, snapshot)
+        raise KarmaError(ErrorCode.NOT_FOUND, f'Snapshot "{file}" not found')
 
     async def recovery_checkpoint(self, req: r.RecoveryCheckpoint) -> object:
         offset = req.source_offset if req.source_offset is not None else req.offset
@@ -424,11 +428,20 @@ class Node:
         updated = dict(self.checkpoints)
         updated[req.source] = checkpoint
         document = {"checkpoints": [c for _, c in sorted(updated.items())]}
-        await self.in_thread(
-            snapshot_files.atomic_write,
-            self.directory / snapshot_files.RECOVERY,
-            msgspec.json.encode(document) + b"\n",
-        )
+        try:
+            await self.in_thread(
+                snapshot_files.atomic_write,
+                self.directory / snapshot_files.RECOVERY,
+                msgspec.json.encode(document) + b"\n",
+            )
+        except OSError as exc:  # atomic: recovery.json still holds the previous checkpoints
+            self.log.error("recovery.checkpoint_failed", source=req.source, error=str(exc))
+            error = KarmaError.storage(
+                "Recovery checkpoint failed", exc, "the previous checkpoints are kept"
+            )
+            self.status.storage_refused("files", error.message)
+            raise error from exc
+        self.status.storage_recovered("files")
         self.checkpoints = updated
         self.log.info("recovery.checkpoint", source=req.source, checkpoints=len(updated))
         return checkpoint

@@ -17,7 +17,7 @@ import trio
 
 from karma.core.counters import NodeStatus
 from karma.core.engine import Engine
-from karma.errors import ErrorCode, KarmaError
+from karma.errors import KarmaError
 from karma.observability.logs import Logger
 from karma.server.wal_writer import WalWriter
 from karma.storage import snapshot_codec, snapshot_files
@@ -73,7 +73,8 @@ class Snapshotter:
                     await self.writer.truncate_through(cut.lsn)
             except OSError as exc:
                 self.log.error("snapshot.failed", reason=reason, error=str(exc))
-                raise KarmaError(ErrorCode.INTERNAL_ERROR, f"Snapshot failed: {exc}") from exc
+                raise self._refused(exc) from exc
+            self.status.storage_recovered("files")
             self.status.last_snapshot_lsn = cut.lsn
             await self.refresh_count()
             self.log.info(
@@ -101,9 +102,17 @@ class Snapshotter:
                 )
             except OSError as exc:
                 self.log.error("snapshot.failed", series=name, error=str(exc))
-                raise KarmaError(ErrorCode.INTERNAL_ERROR, f"Snapshot failed: {exc}") from exc
+                raise self._refused(exc) from exc
+            self.status.storage_recovered("files")
             await self.refresh_count()
             self.log.info("snapshot.created", series=name, lsn=cut.lsn)
+
+    def _refused(self, exc: OSError) -> KarmaError:
+        """The directory refused a snapshot file: retriable, and nothing older was removed
+        (pruning and WAL truncation come only after every new file is written)."""
+        error = KarmaError.storage("Snapshot failed", exc, "older snapshots and the WAL are kept")
+        self.status.storage_refused("files", error.message)
+        return error
 
     def _write_all(self, cut: Cut) -> None:
         for name, data in cut.series.items():

@@ -133,13 +133,19 @@ class WalWriter:
                     " karma.wal is created",
                 )
                 self.lost.set()
-            return KarmaError(
+            error = KarmaError(
                 ErrorCode.STORAGE_UNAVAILABLE,
                 "WAL write failed: karma.wal was removed or replaced; nothing was written,"
                 " retry after the server's recovery snapshot",
             )
+            self.status.storage_refused("wal", error.message)
+            return error
+        # the disk refused (full, read-only, ...): append cut the file back, nothing was
+        # applied or acknowledged, so the client may retry — not a bug (internal_error)
         self.log.error("wal.write_failed", error=str(exc), records=records)
-        return KarmaError(ErrorCode.INTERNAL_ERROR, f"WAL write failed: {exc.strerror or exc}")
+        error = KarmaError.storage("WAL write failed", exc, "nothing was written")
+        self.status.storage_refused("wal", error.message)
+        return error
 
     def recovered(self) -> None:
         """A full snapshot holds every acknowledged write and a new karma.wal is open."""
@@ -148,6 +154,8 @@ class WalWriter:
             self.log.info("wal.recovered", path=str(self.wal.directory / "karma.wal"))
 
     def _logged(self, rotated: str | None, first: int, count: int) -> None:
+        if self.status.storage_problems:  # one dict test per write while all is well
+            self.status.storage_recovered("wal")
         if rotated is not None:
             self.log.info("wal.rotate", segment=rotated, first_lsn_after=first)
         self.status.wal_current_lsn = first + count - 1

@@ -16,11 +16,14 @@ from typing import Final
 import attrs
 import msgspec
 
-from karma.storage import snapshot_codec
+from karma.storage import files, snapshot_codec
 from karma.storage.snapshot_codec import Meta
 from karma.storage.wal_files import fsync_directory
 
 TREE_NAME: Final = re.compile(r"(\d+)_(.+)\.tree")
+#: NAME_MAX of Linux file systems (ext4, xfs, btrfs, tmpfs), in bytes: no longer name can be in
+#: the directory, and the OS answers ENAMETOOLONG to any question about one.
+NAME_MAX_BYTES: Final = 255
 IDEMPOTENCY: Final = "karma.idempotency.json"
 RECOVERY: Final = "recovery.json"
 
@@ -38,7 +41,7 @@ class SnapshotFile:
     def stored_meta(self) -> Meta | None:
         """The sidecar as written, or None when it is missing or unreadable."""
         try:
-            return snapshot_codec.decode_meta(self.meta_path.read_bytes())
+            return snapshot_codec.decode_meta(files.read_regular(self.meta_path))
         except (OSError, ValueError):
             return None
 
@@ -58,7 +61,8 @@ class SnapshotFile:
 
 def parse_name(path: Path) -> SnapshotFile | None:
     match = TREE_NAME.fullmatch(path.name)
-    if match is None or not path.is_file():
+    # a symlink is no snapshot, even to one: not listed, restored, pruned or served (files.py)
+    if match is None or not files.is_regular(path):
         return None
     return SnapshotFile(path, int(match.group(1)), match.group(2))
 
@@ -122,7 +126,7 @@ def next_timestamp(directory: Path, series: str, wanted: int) -> int:
 def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
     temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
     try:
-        with open(temp, "wb") as handle:
+        with open(files.create_new(temp), "wb") as handle:  # never through a planted link
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -168,7 +172,7 @@ def idempotency_meta(directory: Path) -> dict[str, object] | None:
     """The idempotency snapshot's metadata in API order, or None when there is none."""
     path = directory / (IDEMPOTENCY + ".meta.json")
     try:
-        meta = msgspec.json.decode(path.read_bytes())
+        meta = msgspec.json.decode(files.read_regular(path))
     except (OSError, msgspec.DecodeError):
         return None
     if not isinstance(meta, dict):
@@ -206,8 +210,24 @@ def prune(directory: Path, keep: int, live: set[str]) -> int:
 
 
 def resolve(directory: Path, file: str) -> SnapshotFile | None:
-    """The snapshot named `file` (a validated basename) inside `directory`, if it exists."""
+    """The snapshot named `file` (a validated basename) inside `directory`, if it exists.
+
+    None for every other name, never an error: a name the OS cannot hold names no snapshot,
+    so it is not asked (it raises ENAMETOOLONG, which clients saw as internal_error).
+    """
     path = directory / file
-    if path.parent != directory:
+    if path.parent != directory or not _fits_a_directory(file):
         return None
     return parse_name(path)
+
+
+def read(snapshot: SnapshotFile) -> bytes:
+    """The snapshot's bytes; NotRegularFileError if its name holds no regular file (any more)."""
+    return files.read_regular(snapshot.path)
+
+
+def _fits_a_directory(name: str) -> bool:
+    try:
+        return len(os.fsencode(name)) <= NAME_MAX_BYTES
+    except UnicodeEncodeError:  # a lone surrogate: no file system name either
+        return False

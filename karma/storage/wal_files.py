@@ -16,12 +16,17 @@ from typing import Final
 
 import attrs
 
-from karma.storage import wal_codec
+from karma.storage import files, wal_codec
 
 ACTIVE: Final = "karma.wal"
 LSN_FILE: Final = "karma.wal.lsn"
 SEGMENT: Final = re.compile(r"karma\.wal\.(\d{20})\.segment")
 INDEX_HEADER: Final = "KARMA_WAL_INDEX_V1"
+#: O_NOFOLLOW: WAL records appended to the target of a link planted at karma.wal would leave
+#: the directory; startup stops instead (ELOOP), naming the file.
+# karma.wal and its segments may be symlinks (the WAL on another disk is the operator's choice);
+# every file karma-trio creates itself is created without following links (files.py)
+_OPEN_ACTIVE: Final = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
 
 
 class WalCorruptError(Exception):
@@ -46,7 +51,7 @@ def wal_paths(directory: Path) -> list[Path]:
     )
     paths = [path for _, path in segments]
     active = directory / ACTIVE
-    if active.is_file():
+    if active.is_file():  # followed: a symlinked karma.wal is supported
         paths.append(active)
     return paths
 
@@ -109,7 +114,9 @@ def cut_torn_tail(path: Path, good_end: int) -> Path:
     """
     data = path.read_bytes()
     saved = path.with_name(f"{path.name}.torn-{good_end}")
-    saved.write_bytes(data[good_end:])
+    # a name chosen from the offset: one left by an earlier crash at the same offset is
+    # replaced as before, a link planted there is removed rather than written through
+    files.write_new(saved, data[good_end:], fsync=True, replace=True)
     with open(path, "r+b") as handle:
         handle.truncate(good_end)
         handle.flush()
@@ -127,8 +134,8 @@ class ActiveWal:
     _handle: int = -1
     #: (st_dev, st_ino) of the open file, to notice the path no longer leading to it
     _identity: tuple[int, int] = (0, 0)
-    #: set once the open file was found unreachable; cleared by `truncate_through` (a full
-    #: snapshot holds everything, and a new karma.wal is created)
+    #: set once the open file was found unreachable; cleared when a new karma.wal is in place
+    #: (`truncate_through` after a full snapshot holds everything)
     lost: bool = False
     _active_path: str = ""
     size: int = 0
@@ -137,17 +144,16 @@ class ActiveWal:
 
     def open(self, records: list[Record]) -> None:
         path = self.directory / ACTIVE
-        self._open_active()
+        self._adopt(os.open(path, _OPEN_ACTIVE, 0o644))
         self.size = os.fstat(self._handle).st_size
         self.offsets = [(r.lsn, r.offset) for r in records if r.path == path and r.lsn is not None]
         self.other_bytes = sum(p.stat().st_size for p in wal_paths(self.directory) if p != path)
 
-    def _open_active(self) -> None:
+    def _adopt(self, handle: int) -> None:
+        """`handle` is now the open karma.wal: remember which file that is."""
+        self._handle = handle
         self._active_path = os.fspath(self.directory / ACTIVE)
-        self._handle = os.open(
-            self.directory / ACTIVE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
-        )
-        stat = os.fstat(self._handle)
+        stat = os.fstat(handle)
         self._identity = (stat.st_dev, stat.st_ino)
         self.lost = False
 
@@ -169,9 +175,7 @@ class ActiveWal:
         Returns the name of the segment the active file was rotated into first, if it was.
         """
         if self.lost:
-            raise WalLostError(
-                errno.ENOENT, "karma.wal was removed or replaced; waiting for a full snapshot"
-            )
+            raise WalLostError(errno.ENOENT, "karma.wal was removed; waiting for a full snapshot")
         rotated = None
         if self.segment_bytes and self.size >= self.segment_bytes and self.offsets:
             rotated = self._rotate()
@@ -200,14 +204,24 @@ class ActiveWal:
         target = self.directory / segment_name(first_lsn)
         if target.exists():
             raise OSError(f"WAL segment already exists: {target}")
+        # The handle is closed only once the new karma.wal is open: a refused rename or create
+        # (disk full, immutable directory) leaves the WAL as it was, and never a closed
+        # descriptor whose number the next accepted socket gets (the next append went there).
+        active = self.directory / ACTIVE
+        os.rename(active, target)  # the open handle follows the file
+        try:
+            handle = os.open(active, _OPEN_ACTIVE, 0o644)
+        except OSError:
+            os.rename(target, active)
+            raise
         os.close(self._handle)
-        os.rename(self.directory / ACTIVE, target)
-        _write_index(target, self.size, self.offsets)
-        fsync_directory(self.directory)
-        self.other_bytes += self.size
-        self._open_active()
+        self._adopt(handle)
+        size, offsets = self.size, self.offsets
+        self.other_bytes += size
         self.size = 0
         self.offsets = []
+        _write_index(target, size, offsets)  # if refused, the batch is; the rotation stands
+        fsync_directory(self.directory)
         return target.name
 
     def truncate_through(self, lsn: int, current_lsn: int) -> None:
@@ -232,32 +246,39 @@ class ActiveWal:
             with open(active, "rb") as handle:
                 handle.seek(keep_from)
                 tail = handle.read()
-        os.close(self._handle)
+        # The new file's descriptor becomes the WAL's handle: nothing is closed or reopened
+        # until the rewrite is in place, so a refused write (disk full, immutable directory)
+        # leaves the old file and a valid handle, and no reopen can fail after the replace.
         # a symlinked karma.wal (the WAL on another disk) keeps its link: the file it leads to
         # is replaced, next to itself
         target = Path(os.path.realpath(active))
         temp = target.with_name(f".{ACTIVE}.{os.getpid()}.tmp")
-        with open(temp, "wb") as handle:
-            handle.write(tail)
-            handle.flush()
+        # a predictable name (see files.py); O_APPEND as every karma.wal handle: append's
+        # cut-back after a failed write moves the end, and the next write must follow it
+        fd = files.create_new(temp, replace=True, append=True)
+        try:
+            _write_all(fd, tail)
             if self.fsync:
-                os.fsync(handle.fileno())
-        os.replace(temp, target)
-        if target.parent != self.directory:
-            fsync_directory(target.parent)
-        lsn_file = self.directory / LSN_FILE
-        temp = self.directory / f".{LSN_FILE}.{os.getpid()}.tmp"
-        with open(temp, "w") as handle:  # replaced whole: a crash never leaves it half written
-            handle.write(f"{current_lsn}\n")
-            handle.flush()
-            if self.fsync:
-                os.fsync(handle.fileno())
-        os.replace(temp, lsn_file)
-        fsync_directory(self.directory)
-        self._open_active()
+                os.fsync(fd)
+            os.replace(temp, target)
+            if target.parent != self.directory:
+                fsync_directory(target.parent)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise
+        os.close(self._handle)
+        self._adopt(fd)
         shift = keep_from or 0
         self.offsets = [(e, o - shift) for e, o in self.offsets if e > lsn]
         self.size = len(tail)
+        lsn_file = self.directory / LSN_FILE
+        temp = self.directory / f".{LSN_FILE}.{os.getpid()}.tmp"
+        # replaced whole: a crash never leaves it half written
+        files.write_new(temp, f"{current_lsn}\n".encode(), fsync=self.fsync, replace=True)
+        os.replace(temp, lsn_file)
+        fsync_directory(self.directory)
         self.other_bytes = sum(p.stat().st_size for p in wal_paths(self.directory) if p != active)
 
     def reset_to(self, lsn: int) -> None:
@@ -270,6 +291,12 @@ class ActiveWal:
             self._handle = -1
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    written = 0
+    while written < len(data):
+        written += os.write(fd, data[written:])
+
+
 def _records(path: Path) -> list[wal_codec.Line]:
     lines, _, _ = wal_codec.parse(path.read_bytes())
     return lines
@@ -279,7 +306,7 @@ def _write_index(segment: Path, size: int, offsets: list[tuple[int, int]]) -> No
     index = segment.with_name(segment.name + ".idx")
     temp = index.with_name(f"{index.name}.{os.getpid()}.tmp")
     rows = [f"{INDEX_HEADER} size={size}"] + [f"{lsn} {offset}" for lsn, offset in offsets]
-    temp.write_text("\n".join(rows) + "\n")
+    files.write_new(temp, ("\n".join(rows) + "\n").encode(), fsync=False, replace=True)
     os.replace(temp, index)
 
 
