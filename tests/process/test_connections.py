@@ -1,0 +1,101 @@
+"""Clients that misbehave on purpose cannot hurt the server or the other clients.
+
+One that pipelines large answers and never reads, one that trickles its request line a byte at a
+time, and enough idle ones to use up the server's file descriptors. Bounds are generous (a
+loaded 2-core machine): they separate "bounded" from "grows without limit", not fast from slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.process.proc import Client, Proc
+
+pytestmark = pytest.mark.process
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for proc in started:
+        proc.close()
+
+
+@pytest.fixture
+def sockets() -> Iterator[list[socket.socket]]:
+    opened: list[socket.socket] = []
+    yield opened
+    for sock in opened:
+        sock.close()
+
+
+def start(procs: list[Proc], tmp_path: Path, *flags: str, max_files: int | None = None) -> Proc:
+    directory = tmp_path / f"data{len(procs)}"
+    directory.mkdir()
+    proc = Proc(directory, *flags, max_files=max_files)
+    procs.append(proc)
+    return proc.start()
+
+
+def timed_ping(port: int) -> float:
+    """Seconds from connect to pong on a fresh connection."""
+    started = time.monotonic()
+    client = Client(port)
+    try:
+        client.sock.settimeout(60)
+        assert client.call("system.ping")["response"] == "pong"
+    finally:
+        client.close()
+    return time.monotonic() - started
+
+
+# --- item 7: a client that never reads its answers ------------------------------------------------
+
+
+def snapshot_of_about_900_kb_answers(client: Client) -> str:
+    """One series whose .tree file is ~650 KB, so snapshot.fetch answers ~0.87 MB of base64."""
+    for start_key in range(0, 24_000, 1000):
+        items = [[k, 20260101 + k % 28, 1 + k % 1000] for k in range(start_key, start_key + 1000)]
+        assert client.call("series.batch_add", series="big", items=items)["success"]
+    assert client.call("snapshot.create_all")["success"]
+    (path,) = client.call("snapshot.list")["response"]
+    return os.path.basename(str(path))
+
+
+def test_a_client_that_pipelines_large_answers_and_never_reads_stays_bounded(
+    procs: list[Proc], tmp_path: Path, sockets: list[socket.socket]
+) -> None:
+    # --write-timeout=0: the greedy client is never cut, so only backpressure can bound memory
+    proc = start(procs, tmp_path, "--max-request-bytes=1048576", "--write-timeout=0")
+    setup = Client(proc.port)
+    name = snapshot_of_about_900_kb_answers(setup)
+    answer_bytes = len(json.dumps(setup.call("snapshot.fetch", file=name)))
+    setup.close()
+    assert 800_000 < answer_bytes < MiB  # each answer fits --max-response-bytes (1 MiB)
+    request = json.dumps({"v": 2, "op": "snapshot.fetch", "file": name}).encode() + b"\n"
+
+    greedy = socket.create_connection(("127.0.0.1", proc.port), timeout=30)
+    sockets.append(greedy)
+    greedy.sendall(request * 1000)  # ~58 KB asking for ~870 MB of answers; never read
+    slowest_ping = 0.0
+    until = time.monotonic() + 4
+    while time.monotonic() < until:
+        slowest_ping = max(slowest_ping, timed_ping(proc.port))
+        time.sleep(0.1)
+    peak = proc.status("VmHWM")
+    print(f"peak RSS {peak / MiB:.0f} MiB, slowest ping {slowest_ping * 1000:.0f} ms")
+    assert peak < 300 * MiB  # unbounded, it grew to 1.75 GB
+    assert slowest_ping < 1.0  # unbounded, other clients waited 3.5-4.1 s
+    assert proc.status("VmRSS") < 300 * MiB
+    greedy.close()  # the server's send fails; the connection ends, the server goes on
+    assert timed_ping(proc.port) < 1.0
