@@ -74,6 +74,7 @@ async def serve_connection(node: Node, drain: Drain, stream: trio.SocketStream) 
     buffer = LineBuffer(config.max_request_bytes)
     read_timeout = config.read_timeout or math.inf
     write_timeout = config.write_timeout or math.inf
+    line_timeout = config.request_line_timeout or math.inf
     limit = flush_bytes(config)
     # One cancel scope for the connection's life; its deadline is aimed only before a wait
     # (for a request, or for room to send), and moved only when it has fallen behind by more
@@ -90,6 +91,12 @@ async def serve_connection(node: Node, drain: Drain, stream: trio.SocketStream) 
             # (EAGAIN: a syscall and an exception, ~10 % of a small request). A pipelining
             # client rarely sends lone requests twice running, so it keeps the eager `recv`.
             singles = 0
+            # When the request line begun in `buffer` must be complete. Every byte restarts
+            # the read timeout, so a client trickling one byte at a time (slowloris) would
+            # never be cut without a deadline for the whole line. Its clock starts at the
+            # first wait for the rest of the line: time spent answering earlier lines, or
+            # waiting for the client to read them, is not held against it.
+            line_due = math.inf
             while not drain.closing:
                 data: bytes | None = None
                 if singles < 2:
@@ -98,7 +105,13 @@ async def serve_connection(node: Node, drain: Drain, stream: trio.SocketStream) 
                     except BlockingIOError:
                         pass
                 if data is None:
-                    _extend(deadline, trio.current_time(), read_timeout)
+                    now = trio.current_time()
+                    if buffer.pending:
+                        if line_due == math.inf:
+                            line_due = now + line_timeout
+                        deadline.deadline = min(line_due, now + read_timeout)
+                    else:
+                        _extend(deadline, now, read_timeout)
                     connection.idle = True
                     await trio.lowlevel.wait_readable(raw)
                     connection.idle = False
@@ -114,6 +127,8 @@ async def serve_connection(node: Node, drain: Drain, stream: trio.SocketStream) 
                     await trio.lowlevel.checkpoint()
                 waited = False
                 lines = buffer.feed(data)
+                if lines or not buffer.pending:
+                    line_due = math.inf  # that line is complete; the next one's clock is not
                 singles = singles + 1 if len(lines) == 1 else 0
                 out = await answer_all(node, lines, deadline, send, limit)
                 if buffer.too_large:

@@ -99,3 +99,71 @@ def test_a_client_that_pipelines_large_answers_and_never_reads_stays_bounded(
     assert proc.status("VmRSS") < 300 * MiB
     greedy.close()  # the server's send fails; the connection ends, the server goes on
     assert timed_ping(proc.port) < 1.0
+
+
+# --- item 8: request lines trickled a byte at a time (slowloris) ----------------------------------
+
+PING = b'{"v":2,"op":"system.ping"}\n'
+
+
+def is_closed(sock: socket.socket) -> bool:
+    """Has the server closed `sock`? (It never answers an incomplete line.)"""
+    try:
+        return sock.recv(1 << 16, socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:  # reset
+        return True
+
+
+def test_request_lines_trickled_a_byte_at_a_time_are_cut_at_the_line_deadline(
+    procs: list[Proc], tmp_path: Path, sockets: list[socket.socket]
+) -> None:
+    # one byte every 0.5 s: each byte restarts --read-timeout (5 s), so only the whole-line
+    # deadline can end these connections; a 27-byte line would take 13 s
+    proc = start(procs, tmp_path, "--request-line-timeout=3")
+    trickling = [socket.create_connection(("127.0.0.1", proc.port)) for _ in range(20)]
+    sockets.extend(trickling)
+    normal = Client(proc.port)
+    sockets.append(normal.sock)
+    started = time.monotonic()
+    closed_after: dict[int, float] = {}
+    for sent in range(60):  # 30 s at most
+        for i, sock in enumerate(trickling):
+            if i in closed_after:
+                continue
+            if is_closed(sock):
+                closed_after[i] = time.monotonic() - started
+                continue
+            try:
+                sock.send(PING[sent % len(PING) :][:1])
+            except OSError:
+                closed_after[i] = time.monotonic() - started
+        if len(closed_after) == len(trickling):
+            break
+        assert normal.call("system.ping")["response"] == "pong"  # the others are served
+        time.sleep(0.5)
+    print(
+        f"closed after {min(closed_after.values(), default=0):.1f}-"
+        f"{max(closed_after.values(), default=0):.1f} s"
+    )
+    assert len(closed_after) == len(trickling)
+    assert min(closed_after.values()) > 2  # not before the deadline (3 s from the first wait)
+    assert max(closed_after.values()) < 20
+    assert normal.call("system.ping")["response"] == "pong"
+
+
+def test_request_lines_sent_slowly_within_the_line_deadline_are_answered(
+    procs: list[Proc], tmp_path: Path
+) -> None:
+    proc = start(procs, tmp_path, "--request-line-timeout=4")
+    client = Client(proc.port)
+    try:
+        # each line takes ~1.2 s, all four ~5 s: the deadline is per line, not per connection
+        for _ in range(4):
+            for piece in (PING[:9], PING[9:18], PING[18:]):
+                client.sock.sendall(piece)
+                time.sleep(0.6)
+            assert client.reply()["response"] == "pong"
+    finally:
+        client.close()
