@@ -11,12 +11,14 @@ import json
 import os
 import socket
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.process.proc import Client, Proc
+from tests.process.proc import Client, Proc, free_port
 
 pytestmark = pytest.mark.process
 
@@ -167,3 +169,44 @@ def test_request_lines_sent_slowly_within_the_line_deadline_are_answered(
             assert client.reply()["response"] == "pong"
     finally:
         client.close()
+
+
+# --- item 9: idle connections use up the server's file descriptors --------------------------------
+
+
+def scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_running_out_of_descriptors_logs_a_json_line_counts_and_recovers(
+    procs: list[Proc], tmp_path: Path, sockets: list[socket.socket]
+) -> None:
+    metrics_port = free_port()
+    # --read-timeout=0: idle connections stay until the test closes them
+    proc = start(
+        procs, tmp_path, "--read-timeout=0", f"--metrics-port={metrics_port}", max_files=64
+    )
+    # the kernel queues the connections that the server cannot accept
+    sockets.extend(
+        socket.create_connection(("127.0.0.1", proc.port), timeout=10) for _ in range(100)
+    )
+    time.sleep(3)  # out of descriptors all along: accept fails ~10 times a second
+    mentions = [line for line in proc.stderr().splitlines() if "EMFILE" in line]
+    print(f"{len(mentions)} of {len(proc.stderr().splitlines())} stderr lines name EMFILE in 3 s")
+    assert 1 <= len(mentions) <= 2
+    logged = json.loads(mentions[0])
+    assert logged["event"] == "accept.failed"
+    assert logged["errno"] == "EMFILE"
+    for sock in sockets:
+        sock.close()
+    sockets.clear()
+    assert timed_ping(proc.port) < 30  # descriptors are free again: new clients are served
+    failed_accepts = scrape(metrics_port)["karma_accept_errors_total"]
+    print(f"karma_accept_errors_total {failed_accepts:.0f}")
+    assert failed_accepts >= 10  # ~10 a second for 3 s, each counted though logged once
