@@ -68,6 +68,8 @@ def startup_failure(exc: BaseException) -> str | None:
         if not reasons or any(reason is None for reason in reasons):
             return None
         return "; ".join(dict.fromkeys(r for r in reasons if r is not None))
+    if isinstance(exc, OSError) and exc.filename is None and exc.strerror:
+        return exc.strerror  # without the "[Errno N]" prefix
     if isinstance(exc, StartupError | OSError):
         return str(exc)
     return None

@@ -208,6 +208,14 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "Close a connection whose answer cannot be sent in this many seconds; 0 disables.",
     ),
     Option(
+        "--request-line-timeout",
+        "KARMA_REQUEST_LINE_TIMEOUT_SECONDS",
+        10.0,
+        parse_seconds,
+        "Close a connection whose request line, once begun, is not complete within this many "
+        "seconds (a client trickling bytes restarts --read-timeout, not this); 0 disables.",
+    ),
+    Option(
         "--query-timeout-ms",
         "KARMA_QUERY_TIMEOUT_MS",
         1000,
@@ -346,6 +354,7 @@ class Config:
     max_response_bytes: int = 1048576
     read_timeout: float = 5.0
     write_timeout: float = 5.0
+    request_line_timeout: float = 10.0
     query_timeout_ms: int = 1000
     shutdown_timeout: float = 5.0
     auth_token: str | None = None

@@ -66,6 +66,8 @@ class Counters:
     reconciliation_last_mismatch_count: int = 0
     reconciliation_last_absolute_drift: int = 0
     reconciliation_last_max_abs_delta: int = 0
+    #: accept(2) calls that failed for lack of descriptors or memory (server/accept.py)
+    accept_error_count: int = 0
 
     @property
     def latency_ms_avg(self) -> float:

@@ -2,7 +2,8 @@
 
 The hot path only bumps integers (core/counters.py); this collector turns them into metric
 families when somebody asks: `system.metrics` over the protocol (karma 1.0's names, exactly) and
-`GET /metrics` on `--metrics-port` (the same, plus per-op latency histograms and storage errors).
+`GET /metrics` on `--metrics-port` (the same, plus per-op latency histograms, storage errors and
+the server's own counters, such as failed accepts).
 """
 
 from __future__ import annotations
@@ -90,6 +91,20 @@ class StorageCollector(Collector):
         )
 
 
+class ServerCollector(Collector):
+    """Counters of the server shell that karma 1.0 has no family for (only on /metrics)."""
+
+    def __init__(self, counters: Counters) -> None:
+        self.counters = counters
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "karma_accept_errors",
+            "Failed accepts for lack of file descriptors or memory (retried every 0.1 s)",
+            value=self.counters.accept_error_count,
+        )
+
+
 def _number(value: object) -> float:
     if isinstance(value, bool):
         return 1.0 if value else 0.0
@@ -106,6 +121,7 @@ def full_registry(stats: Stats, counters: Counters, status: NodeStatus) -> Colle
     registry = karma_registry(stats)
     registry.register(LatencyCollector(counters))
     registry.register(StorageCollector(status))
+    registry.register(ServerCollector(counters))
     return registry
 
 

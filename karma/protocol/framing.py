@@ -15,6 +15,11 @@ class LineBuffer:
     _partial: bytes = b""
     too_large: bool = False
 
+    @property
+    def pending(self) -> bool:
+        """A request line has begun and is not complete yet."""
+        return bool(self._partial)
+
     def feed(self, data: bytes) -> list[bytes]:
         """Complete lines in `data` (plus what was buffered), without `\\n` or a trailing `\\r`.
 

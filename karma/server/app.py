@@ -29,6 +29,7 @@ from karma.errors import KarmaError
 from karma.observability import metrics
 from karma.observability.logs import Logger
 from karma.server import systemd
+from karma.server.accept import AcceptFailures, listen, serve_listeners
 from karma.server.connections import Drain, serve_connection
 from karma.server.follower_task import Follower
 from karma.server.metrics_http import serve_metrics
@@ -125,6 +126,7 @@ async def serve(
     checkpoints = {c["source"]: c for c in prepared.checkpoints}
     node = Node(config, engine, status, log, writer, snapshots, checkpoints)
     drain = Drain()
+    failures = AcceptFailures(engine.counters, log)
     try:
         async with trio.open_nursery() as services:
             if writer is not None:
@@ -134,7 +136,7 @@ async def serve(
             if config.metrics_port:
                 registry = metrics.full_registry(node.stats_values, engine.counters, status)
                 await services.start(
-                    serve_metrics, registry, config.metrics_bind, config.metrics_port, log
+                    serve_metrics, registry, config.metrics_bind, config.metrics_port, log, failures
                 )
             if config.role is Role.SLAVE and config.replication_source_host:
                 follower = Follower(config, directory, engine, status, writer, log)
@@ -142,15 +144,14 @@ async def serve(
             if config.snapshot_interval_seconds:
                 services.start_soon(snapshots.serve_interval, config.snapshot_interval_seconds)
             async with trio.open_nursery() as connections:
-                listeners = await trio.open_tcp_listeners(config.port, host=config.bind)
+                listeners = await listen(config.bind, config.port, "--bind/--port")
                 async with trio.open_nursery() as accepting:
                     accepting.start_soon(
-                        partial(
-                            trio.serve_listeners,
-                            partial(serve_connection, node, drain),
-                            listeners,
-                            handler_nursery=connections,
-                        )
+                        serve_listeners,
+                        partial(serve_connection, node, drain),
+                        listeners,
+                        connections,
+                        failures,
                     )
                     port = listeners[0].socket.getsockname()[1]
                     log.info(

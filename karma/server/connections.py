@@ -3,22 +3,42 @@
 All the lines of one read are handled in order and their answers leave in one write. Writes
 are queued on the WAL writer without waiting, so a pipelined burst of writes shares one WAL
 batch (and one fsync); a read that follows them waits for them first, so it sees them.
+
+Backpressure: nothing more is read from a client while its answers wait to be sent, and the
+answers of one read are sent in slices of about `flush_bytes`, each sent before the next is
+built. A client that pipelines large reads and never reads its answers holds at most about two
+slices (plus the kernel's socket buffer), not one answer per request it sent.
 """
 
 from __future__ import annotations
 
 import math
 import socket
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 import attrs
 import trio
 
+from karma.config import Config
 from karma.errors import ErrorCode, KarmaError
 from karma.protocol import envelope
 from karma.protocol.framing import LineBuffer
 from karma.server.node import Node, Waiting
 
 RECEIVE_BYTES = 65536
+
+Send = Callable[[bytes], Awaitable[None]]
+
+
+def flush_bytes(config: Config) -> int:
+    """Answers built for one read are sent once they pass this size, before more are built.
+
+    One answer may be as large as --max-response-bytes (1 MiB unless disabled), so a slice
+    smaller than that would not bound anything; a slice smaller than a read would split the
+    common pipelined burst of small answers into several sends.
+    """
+    return max(config.max_response_bytes or 1 << 20, RECEIVE_BYTES)
 
 
 @attrs.define(eq=False)
@@ -54,10 +74,13 @@ async def serve_connection(node: Node, drain: Drain, stream: trio.SocketStream) 
     buffer = LineBuffer(config.max_request_bytes)
     read_timeout = config.read_timeout or math.inf
     write_timeout = config.write_timeout or math.inf
+    line_timeout = config.request_line_timeout or math.inf
+    limit = flush_bytes(config)
     # One cancel scope for the connection's life; its deadline is aimed only before a wait
     # (for a request, or for room to send), and moved only when it has fallen behind by more
     # than a tenth of the timeout: idle clients go after 90-100 % of --read-timeout.
     with trio.CancelScope() as deadline:
+        send = partial(_send, raw, deadline, write_timeout)
         connection = Connection(deadline)
         drain.open.add(connection)
         try:
@@ -68,6 +91,12 @@ async def serve_connection(node: Node, drain: Drain, stream: trio.SocketStream) 
             # (EAGAIN: a syscall and an exception, ~10 % of a small request). A pipelining
             # client rarely sends lone requests twice running, so it keeps the eager `recv`.
             singles = 0
+            # When the request line begun in `buffer` must be complete. Every byte restarts
+            # the read timeout, so a client trickling one byte at a time (slowloris) would
+            # never be cut without a deadline for the whole line. Its clock starts at the
+            # first wait for the rest of the line: time spent answering earlier lines, or
+            # waiting for the client to read them, is not held against it.
+            line_due = math.inf
             while not drain.closing:
                 data: bytes | None = None
                 if singles < 2:
@@ -76,7 +105,13 @@ async def serve_connection(node: Node, drain: Drain, stream: trio.SocketStream) 
                     except BlockingIOError:
                         pass
                 if data is None:
-                    _extend(deadline, trio.current_time(), read_timeout)
+                    now = trio.current_time()
+                    if buffer.pending:
+                        if line_due == math.inf:
+                            line_due = now + line_timeout
+                        deadline.deadline = min(line_due, now + read_timeout)
+                    else:
+                        _extend(deadline, now, read_timeout)
                     connection.idle = True
                     await trio.lowlevel.wait_readable(raw)
                     connection.idle = False
@@ -92,8 +127,10 @@ async def serve_connection(node: Node, drain: Drain, stream: trio.SocketStream) 
                     await trio.lowlevel.checkpoint()
                 waited = False
                 lines = buffer.feed(data)
+                if lines or not buffer.pending:
+                    line_due = math.inf  # that line is complete; the next one's clock is not
                 singles = singles + 1 if len(lines) == 1 else 0
-                out = await answer_all(node, lines, deadline)
+                out = await answer_all(node, lines, deadline, send, limit)
                 if buffer.too_large:
                     error = KarmaError(
                         ErrorCode.REQUEST_TOO_LARGE,
@@ -102,11 +139,9 @@ async def serve_connection(node: Node, drain: Drain, stream: trio.SocketStream) 
                     out.append(envelope.encode_error(error))
                     node.engine.counters.record(0.0, failed=True)
                 if out:
+                    # inline rather than `await send(...)`: most answers leave in this one call
                     payload = out[0] if len(out) == 1 else b"".join(out)
-                    try:
-                        sent = raw.send(payload)
-                    except BlockingIOError:
-                        sent = 0
+                    sent = _send_some(raw, payload)
                     if sent < len(payload):
                         _extend(deadline, trio.current_time(), write_timeout)
                         await _send_rest(raw, payload, sent)
@@ -119,6 +154,23 @@ async def serve_connection(node: Node, drain: Drain, stream: trio.SocketStream) 
             drain.open.discard(connection)
             trio.lowlevel.notify_closing(raw)
             raw.close()
+
+
+async def _send(
+    raw: socket.socket, deadline: trio.CancelScope, write_timeout: float, payload: bytes
+) -> None:
+    """Send all of `payload`, waiting for room if need be (under --write-timeout)."""
+    sent = _send_some(raw, payload)
+    if sent < len(payload):
+        _extend(deadline, trio.current_time(), write_timeout)
+        await _send_rest(raw, payload, sent)
+
+
+def _send_some(raw: socket.socket, payload: bytes) -> int:
+    try:
+        return raw.send(payload)
+    except BlockingIOError:
+        return 0
 
 
 async def _send_rest(raw: socket.socket, payload: bytes, sent: int) -> None:
@@ -142,40 +194,63 @@ def _extend(scope: trio.CancelScope, now: float, timeout: float) -> None:
 
 
 async def answer_all(
-    node: Node, lines: list[bytes], deadline: trio.CancelScope | None = None
+    node: Node,
+    lines: list[bytes],
+    deadline: trio.CancelScope | None = None,
+    send: Send | None = None,
+    limit: int = 0,
 ) -> list[bytes]:
     """Answers to `lines`, in order; writes in between reads share WAL batches.
 
     Before anything that waits for a write (its WAL batch, an fsync), the connection's deadline
-    is lifted: a client waiting for durability is not idle.
+    is lifted: a client waiting for durability is not idle. With `send`, answers are sent as
+    soon as they pass `limit` bytes, and the rest are built only once those have left: the
+    answers of one read (a 64 KiB read can ask for a thousand 1 MB answers) are never all in
+    memory at once. The answers not sent yet are returned.
     """
     answers: list[bytes | Waiting] = []
+    built = 0  # bytes in `answers` (queued writes' answers are small and not counted)
     last_write: Waiting | None = None
     for line in lines:
         request = node.decode(line)
+        answer: bytes | Waiting
         if isinstance(request, bytes):
-            answers.append(request)
-            continue
-        if node.needs_await(request):
+            answer = request
+        elif node.needs_await(request):
             _unbound(deadline)
             if last_write is not None:
                 await last_write.pending.done.wait()
                 last_write = None
-            answers.append(await node.handle_async(request))
-            continue
-        if last_write is not None and not node.is_write(request):
-            # read-your-writes: the writer finishes batches in queue order, so the last
-            # queued write being done means every earlier one is
-            _unbound(deadline)
-            await last_write.pending.done.wait()
-            last_write = None
-        answer = node.handle(request)
-        if isinstance(answer, Waiting):
-            last_write = answer
+            answer = await node.handle_async(request)
+        else:
+            if last_write is not None and not node.is_write(request):
+                # read-your-writes: the writer finishes batches in queue order, so the last
+                # queued write being done means every earlier one is
+                _unbound(deadline)
+                await last_write.pending.done.wait()
+                last_write = None
+            answer = node.handle(request)
+            if isinstance(answer, Waiting):
+                last_write = answer
+                answers.append(answer)
+                continue
         answers.append(answer)
+        built += len(answer)
+        if send is not None and built > limit:
+            if last_write is not None:
+                _unbound(deadline)
+                await last_write.pending.done.wait()
+                last_write = None
+            await send(b"".join(_resolved(answers)))
+            answers, built = [], 0
     if last_write is not None:
         _unbound(deadline)
         await last_write.pending.done.wait()
+    return _resolved(answers)
+
+
+def _resolved(answers: list[bytes | Waiting]) -> list[bytes]:
+    """Every Waiting among `answers` must be done (the last queued write is)."""
     return [a.answer() if isinstance(a, Waiting) else a for a in answers]
 
 

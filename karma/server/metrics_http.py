@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from karma.observability.logs import Logger
 from karma.observability.metrics import exposition
+from karma.server.accept import AcceptFailures, listen, serve_listeners
 
 MAX_HEADER_BYTES = 16384
 
@@ -22,14 +23,16 @@ async def serve_metrics(
     host: str,
     port: int,
     log: Logger,
+    failures: AcceptFailures,
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    listeners = await listen(host, port, "--metrics-bind/--metrics-port")
     bound = listeners[0].socket.getsockname()[1]
     log.info("metrics.started", bind=host, port=bound)
     task_status.started(bound)
-    await trio.serve_listeners(partial(_answer, registry), listeners)
+    async with trio.open_nursery() as scrapes:
+        await serve_listeners(partial(_answer, registry), listeners, scrapes, failures)
 
 
 async def _answer(registry: CollectorRegistry, stream: trio.SocketStream) -> None:

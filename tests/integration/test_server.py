@@ -119,6 +119,36 @@ async def test_a_response_over_the_limit_is_refused_and_the_connection_kept(
     assert (await client.call("system.ping"))["response"] == "pong"
 
 
+async def test_large_answers_of_one_read_leave_in_slices_in_order(
+    nursery: trio.Nursery, tmp_path: Path, connect: Connect
+) -> None:
+    """~300 KB of answers to one read, sent in ~64 KiB slices: same answers, same order, and
+    reads still see the writes before them across a slice boundary."""
+    server = await start_server(
+        nursery, tmp_path, max_response_bytes=65536, max_request_bytes=65536
+    )
+    client = await connect(server.port)
+    await client.call("series.batch_add", series=S, items=[[k, B1, 1] for k in range(1000)])
+    batch_sum = (
+        json.dumps({"v": 2, "op": "counter.batch_sum", "series": S, "keys": list(range(1000))})
+        + "\n"
+    ).encode()
+    one_sum = b'{"v":2,"op":"counter.sum","series":"api_requests","key":1}\n'
+    await client.send_raw(
+        inc(1) + batch_sum * 6 + inc(1, 2) + one_sum + batch_sum * 6 + inc(1, 3) + one_sum
+    )
+    answers = [await client.reply() for _ in range(17)]
+    sums = [a["response"] for a in answers if isinstance(a["response"], list)]
+    assert len(sums) == 12
+    assert sum(len(json.dumps(s)) for s in sums) > 4 * 65536
+    # increments answer their amount; each sum sees every write before it
+    small = [a["response"] for a in answers if not isinstance(a["response"], list)]
+    assert small == [1, 2, 4, 3, 7]
+    assert all(s == sums[0] for s in sums[:6])
+    assert all(s == sums[6] for s in sums[6:])
+    assert sums[0] != sums[6]
+
+
 async def test_tokens_are_required_and_read_tokens_only_read(
     nursery: trio.Nursery, tmp_path: Path, connect: Connect
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -21,9 +22,10 @@ def free_port() -> int:
 
 
 class Proc:
-    def __init__(self, directory: Path, *flags: str) -> None:
+    def __init__(self, directory: Path, *flags: str, max_files: int | None = None) -> None:
         self.directory = directory
         self.flags = list(flags)
+        self.max_files = max_files  # RLIMIT_NOFILE of the server, to run it out of descriptors
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = directory.parent / f"{directory.name}-server.log"
@@ -46,11 +48,28 @@ class Proc:
         # stderr goes to a file: a pipe nobody reads would block a chatty server
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in close()
         self.process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=self._log, start_new_session=True
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+            start_new_session=True,
+            preexec_fn=self._limit_files if self.max_files else None,
         )
         if wait:
             self.wait_listening()
         return self
+
+    def _limit_files(self) -> None:
+        assert self.max_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.max_files, self.max_files))
+
+    def status(self, field: str) -> int:
+        """A `kB` field of /proc/PID/status (VmRSS, VmHWM), in bytes."""
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            if name == field:
+                return int(value.split()[0]) * 1024
+        raise KeyError(field)
 
     def wait_listening(self, timeout: float = 20) -> None:
         assert self.process is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -136,3 +137,30 @@ def test_restore_false_starts_empty_and_keeps_numbering(tmp_path: Path, procs: l
     assert client.call("counter.increment", series=S, key=2, bucket=B1)["success"]
     assert client.call("system.stats")["response"]["wal_current_lsn"] == 2
     client.close()
+
+
+@pytest.mark.parametrize("which", ["port", "metrics-port", "bind"])
+def test_an_address_that_cannot_be_used_is_one_line_and_exit_1(tmp_path: Path, which: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        flags = {
+            "port": ["--bind=127.0.0.1", f"--port={busy}"],
+            "metrics-port": ["--bind=127.0.0.1", "--port=0", f"--metrics-port={busy}"],
+            "bind": ["--bind=no-such-host.invalid", "--port=0"],
+        }[which]
+        done = subprocess.run(
+            [sys.executable, "-m", "karma", f"--directory={tmp_path}", *flags],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    failed = [line for line in done.stderr.splitlines() if '"startup.failed"' in line]
+    said = [line for line in done.stderr.splitlines() if line.startswith("karma-trio: cannot")]
+    assert len(failed) == len(said) == 1, done.stderr
+    where = "no-such-host.invalid:0" if which == "bind" else f"127.0.0.1:{busy}"
+    assert f"cannot listen on {where}" in said[0]

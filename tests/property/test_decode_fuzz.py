@@ -75,6 +75,18 @@ def test_framing_is_the_same_whole_or_in_pieces(lines: list[bytes], step: int) -
     assert (
         whole == split == [ln.removesuffix(b"\r") for ln in lines if ln.removesuffix(b"\r").strip()]
     )
+    assert not pieces.pending
+
+
+def test_a_begun_line_is_pending_until_its_newline() -> None:
+    buffer = LineBuffer(100)
+    assert not buffer.pending
+    assert buffer.feed(b'{"v"') == []
+    assert buffer.pending
+    assert buffer.feed(b":2}\n{") == [b'{"v":2}']
+    assert buffer.pending  # the next line has begun
+    assert buffer.feed(b"}\n") == [b"{}"]
+    assert not buffer.pending
 
 
 def test_an_oversized_line_stops_the_stream() -> None:
