@@ -273,6 +273,13 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "Oldest idempotency record kept; 0 disables age pruning.",
     ),
     Option(
+        "--max-open-reservations",
+        "KARMA_MAX_OPEN_RESERVATIONS",
+        1000000,
+        parse_positive,
+        "Most open limit.reserve holds; more are refused with capacity_exceeded.",
+    ),
+    Option(
         "--replication-source-host",
         "KARMA_REPLICATION_SOURCE_HOST",
         None,
@@ -363,6 +370,7 @@ class Config:
     snapshot_interval_seconds: float = 0.0
     idempotency_max_records: int = 1000000
     idempotency_max_age_seconds: int = 604800
+    max_open_reservations: int = 1000000
     replication_source_host: str | None = None
     replication_source_port: int = 8080
     replication_token: str | None = None

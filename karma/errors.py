@@ -1,4 +1,5 @@
-"""The stable error codes of protocol v2 (karma 1.0's 14, plus storage_unavailable) and the
+"""The stable error codes of protocol v2 (karma 1.0's 14, plus storage_unavailable and
+capacity_exceeded) and the
 exception that carries one.
 
 Everything the engine refuses is a :class:`KarmaError`; the connection layer turns it into an
@@ -26,6 +27,7 @@ class ErrorCode(StrEnum):
     REPLICATION_GAP = "replication_gap"
     REPLICATION_ERROR = "replication_error"
     STORAGE_UNAVAILABLE = "storage_unavailable"
+    CAPACITY_EXCEEDED = "capacity_exceeded"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -51,6 +53,9 @@ ERROR_MEANINGS: Final[dict[ErrorCode, str]] = {
     ErrorCode.STORAGE_UNAVAILABLE: (
         "The data directory refused a write (disk full, read-only, WAL file removed): nothing"
         " was changed or acknowledged; reads keep working. Retriable once the cause is fixed."
+    ),
+    ErrorCode.CAPACITY_EXCEEDED: (
+        "The request is valid but the server is full: --max-open-reservations open holds."
     ),
     ErrorCode.INTERNAL_ERROR: "A bug: the server logged it and kept serving.",
 }

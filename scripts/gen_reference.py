@@ -53,7 +53,8 @@ def ops_rows() -> str:
         first, *aliases = spec.tags
         name = f"`{first}`" + (" (" + ", ".join(f"`{t}`" for t in aliases) + ")" if aliases else "")
         key = "yes" if spec.idempotent else ""
-        rows.append(f"| {name} | {spec.internal_name} | {spec.access.value} | {key} |")
+        access = "WAL entry only (refused from clients)" if spec.internal else spec.access.value
+        rows.append(f"| {name} | {spec.internal_name} | {access} | {key} |")
     return "\n".join(rows) + "\n"
 
 

@@ -11,6 +11,7 @@ Importing this package never imports or starts the server.
 from karma.client.aio import AsyncClient
 from karma.client.calls import Call, Health, KeysPage, KeyTotal, TopItem, TreeInfo
 from karma.client.errors import (
+    CapacityExceeded,
     ConnectionFailed,
     Forbidden,
     IdempotencyConflict,
@@ -34,6 +35,7 @@ from karma.client.sync import Client, Pipeline
 __all__ = [
     "AsyncClient",
     "Call",
+    "CapacityExceeded",
     "Client",
     "ConnectionFailed",
     "Forbidden",

@@ -80,6 +80,13 @@ class StorageUnavailable(KarmaError):
     retriable = True
 
 
+class CapacityExceeded(KarmaError):
+    """The server holds --max-open-reservations open reservations; settle some, or retry."""
+
+    code = "capacity_exceeded"
+    retriable = True
+
+
 class InternalError(KarmaError):
     code = "internal_error"
 
@@ -111,6 +118,7 @@ BY_CODE: Final[dict[str, type[KarmaError]]] = {
         ReplicationGap,
         ReplicationError,
         StorageUnavailable,
+        CapacityExceeded,
         InternalError,
     )
 }

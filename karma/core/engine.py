@@ -21,9 +21,11 @@ from karma.core.budget import AnyBudget
 from karma.core.counters import Counters
 from karma.core.idempotency import IdempotencyTable, Record
 from karma.core.ingest import Ingest
+from karma.core.limits import Limits
 from karma.core.series import Series
 from karma.core.store import SELF_CHECKING, Store
 from karma.protocol import envelope
+from karma.protocol import limit_requests as lr
 from karma.protocol import requests as r
 from karma.protocol.optable import by_class
 
@@ -41,6 +43,7 @@ class Engine:
     counters: Counters = attrs.field(factory=Counters)
     idempotency: IdempotencyTable = attrs.field(factory=IdempotencyTable)
     ingest: Ingest = attrs.field(factory=Ingest)
+    limits: Limits = attrs.field(factory=Limits)
 
     # --- writes ------------------------------------------------------------------------------
     def mutation_for(
@@ -78,6 +81,8 @@ class Engine:
             answer = self.ingest.check_commit(mutation)
         elif isinstance(mutation, m.IngestAbort):
             self.ingest.check_abort(mutation)
+        elif isinstance(mutation, m.LIMIT_EFFECTS):
+            self.check_adds(_limit_adds(mutation))
         elif not isinstance(mutation, m.IdempotencyPrune):
             self.store.check(mutation)
         return mutation if answer is None else Immediate(answer)
@@ -85,9 +90,8 @@ class Engine:
     def apply(self, mutation: m.Mutation, *, checked: bool = False) -> object:
         response = self._apply(mutation, checked=checked)
         key = getattr(mutation, "idempotency_key", None)  # declared by Idempotent mutations
-        if key is not None:
-            assert isinstance(mutation, m.Idempotent)
-            self._remember(mutation, key, response)
+        if key is not None and isinstance(mutation, m.Idempotent):  # limit effects remember
+            self._remember(mutation, key, response)  # their own record (_apply_limit)
         return response
 
     def _remember(self, mutation: m.Idempotent, key: str, response: object) -> None:
@@ -108,6 +112,8 @@ class Engine:
             return self.ingest.apply_abort(mutation)
         if isinstance(mutation, m.IdempotencyPrune):
             return {"deleted": self.idempotency.prune(mutation.before, mutation.limit)}
+        if isinstance(mutation, m.LIMIT_EFFECTS):
+            return self._apply_limit(mutation)
         response = self.store.apply(mutation, checked=checked)
         if isinstance(mutation, m.BatchAdd | m.BatchSet):
             self._batch_write(len(mutation.items))
@@ -118,6 +124,84 @@ class Engine:
         elif isinstance(mutation, m.CompactSeries | m.CompactAll):
             self.counters.compact_count += 1
         return response
+
+    # --- limits ------------------------------------------------------------------------------
+    def check_adds(self, adds: list[m.Add]) -> None:
+        """Raise what adding would raise (a total past 2^64-1), changing nothing."""
+        for series, key, bucket, amount in adds:
+            self.store.check(m.Increment(series=series, key=key, bucket=bucket, value=amount))
+
+    def _apply_limit(self, mutation: m.LimitApply | m.LimitHold | m.LimitSettle) -> object:
+        self.limits.unpend(mutation)
+        adds = _limit_adds(mutation)
+        self.check_adds(adds)  # all or nothing: every add is checked before the first lands
+        self._add_all(adds)
+        if isinstance(mutation, m.LimitApply):
+            self.limits.entries += 1
+            if mutation.idempotency_key is not None:
+                created = mutation.idempotency_created_at_unix or 0
+                record = Record(
+                    mutation.idempotency_key,
+                    LIMIT_CONSUME,
+                    mutation.fingerprint or "",
+                    mutation.answer,
+                    created,
+                )
+                self.idempotency.remember(record)
+        elif isinstance(mutation, m.LimitHold):
+            self.limits.apply_hold(mutation)
+        else:
+            self.limits.apply_settle(mutation)
+        return mutation.answer
+
+    def _add_all(self, adds: list[m.Add]) -> None:
+        for series, key, bucket, amount in adds:
+            self.store.pick(series).get_or_create(key).add(bucket, amount)
+
+    def replay_limit(
+        self,
+        mutation: m.LimitApply | m.LimitHold | m.LimitSettle,
+        *,
+        series_behind: Callable[[str], bool],
+        state_effect: bool,
+    ) -> None:
+        """A limit effect from the WAL or a master: each add only where that series' snapshot
+        is older than the entry; holds, settlements and records only where the limits sidecar
+        is."""
+        adds = [add for add in _limit_adds(mutation) if series_behind(add[0])]
+        self._add_all(adds)
+        if not state_effect:
+            return
+        if isinstance(mutation, m.LimitApply):
+            self.limits.entries += 1
+            if mutation.idempotency_key is not None:
+                self.idempotency.remember(
+                    Record(
+                        mutation.idempotency_key,
+                        LIMIT_CONSUME,
+                        mutation.fingerprint or "",
+                        mutation.answer,
+                        mutation.idempotency_created_at_unix or 0,
+                    )
+                )
+        elif isinstance(mutation, m.LimitHold):
+            self.limits.apply_hold(mutation)
+        else:
+            self.limits.apply_settle(mutation)
+
+    def limits_document(self) -> bytes:
+        """`karma.limits.json`: holds, settled ids and the limit ops' idempotency records."""
+        document = self.limits.documents()
+        document["records"] = [
+            record.document()
+            for record in self.idempotency.records.values()
+            if record.operation in LIMIT_OPERATIONS
+        ]
+        return _json(document) + b"\n"
+
+    def load_limits(self, document: dict[str, Any]) -> None:
+        self.limits.load(document)
+        self.idempotency.load(document.get("records") or [])
 
     def replay(self, mutation: m.Mutation, *, store_effect: bool, state_effect: bool) -> None:
         """Apply a WAL record during restore, partly when a snapshot already holds part of it.
@@ -148,7 +232,12 @@ class Engine:
         self, encode_series: Callable[[Series], bytes]
     ) -> tuple[bytes, int, int]:
         """`karma.idempotency.json`: records, committed and open streams, with their counts."""
-        records = self.idempotency.documents()
+        # karma 1.0's file keeps karma 1.0's records only: limit records go to karma.limits.json
+        records = [
+            record.document()
+            for record in self.idempotency.records.values()
+            if record.operation not in LIMIT_OPERATIONS
+        ]
         streams = self.ingest.committed_documents()
         document: dict[str, object] = {"records": records, "committed_streams": streams}
         open_streams = self.ingest.open_documents(encode_series)
@@ -329,7 +418,41 @@ _NORMALIZE: Final[dict[type, Callable[[Any, int, int], m.Mutation]]] = {
     r.IdempotencyPrune: lambda q, today, now: m.IdempotencyPrune(
         before=q.before_unix, limit=r.opt(q.limit)
     ),
+    # limit effects, as the WAL and a master carry them
+    lr.LimitApply: lambda q, today, now: m.LimitApply(
+        add=[tuple(a) for a in q.add],
+        idempotency_key=q.key_text,
+        idempotency_created_at_unix=r.opt(q.idempotency_created_at_unix),
+        fingerprint=None if r.opt(q.fingerprint) is None else str(q.fingerprint),
+        answer=q.answer,
+    ),
+    lr.LimitHold: lambda q, today, now: m.LimitHold(
+        id=q.id,
+        items=[tuple(a) for a in q.items],
+        expires_at_unix_ms=q.expires_at_unix_ms,
+        created_at_unix=q.created_at_unix,
+        fingerprint=None if r.opt(q.fingerprint) is None else str(q.fingerprint),
+        answer=q.answer,
+    ),
+    lr.LimitSettle: lambda q, today, now: m.LimitSettle(
+        id=q.id,
+        outcome=q.outcome,
+        add=[tuple(a) for a in q.add],
+        settled_at_unix=q.settled_at_unix,
+        fingerprint=None if r.opt(q.fingerprint) is None else str(q.fingerprint),
+        answer=q.answer,
+    ),
 }
+
+#: idempotency records of limit ops: the same keyspace as karma 1.0's, kept in karma.limits.json
+LIMIT_CONSUME: Final = "limit_consume"
+LIMIT_OPERATIONS: Final = frozenset({LIMIT_CONSUME})
+
+
+def _limit_adds(mutation: m.Mutation) -> list[m.Add]:
+    if isinstance(mutation, m.LimitApply | m.LimitSettle):
+        return list(mutation.add)
+    return []
 
 
 def _point(cls: type[m.PointMutation], q: r.Increment, today: int, now: int) -> m.PointMutation:

@@ -7,7 +7,7 @@ Encoded, a mutation is exactly the `entry` object karma 1.0 writes in `karma.wal
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar, Final
 
 import msgspec
 
@@ -254,6 +254,48 @@ class IdempotencyPrune(Mutation, kw_only=True, omit_defaults=True, frozen=True):
     before: int
     limit: int | None = None
 
+
+# --- limit effects (spec/limits.md §6): what a decision did, replayed without deciding again ------
+#: [series, key, bucket, amount]
+Add = tuple[str, int, int, int]
+
+
+class LimitApply(Mutation, kw_only=True, omit_defaults=True, frozen=True):
+    """An allowed consume's adds; a denied keyed consume has none (its answer is remembered)."""
+
+    OP: ClassVar[str] = "limit.apply"
+    add: list[Add]
+    idempotency_key: str | None = None
+    idempotency_created_at_unix: int | None = None
+    fingerprint: str | None = None
+    answer: Any = None
+
+
+class LimitHold(Mutation, kw_only=True, omit_defaults=True, frozen=True):
+    """A reservation: held amounts (none when it was denied: the id is remembered)."""
+
+    OP: ClassVar[str] = "limit.hold"
+    id: str
+    items: list[Add]
+    expires_at_unix_ms: int
+    created_at_unix: int
+    fingerprint: str | None = None
+    answer: Any = None
+
+
+class LimitSettle(Mutation, kw_only=True, omit_defaults=True, frozen=True):
+    """A reservation's end: committed (adds), committed_late, voided or expired."""
+
+    OP: ClassVar[str] = "limit.settle"
+    id: str
+    outcome: str
+    add: list[Add]
+    settled_at_unix: int
+    fingerprint: str | None = None
+    answer: Any = None
+
+
+LIMIT_EFFECTS: Final = (LimitApply, LimitHold, LimitSettle)
 
 AnyMutation = (
     CreateSeries

@@ -18,8 +18,9 @@ from karma.errors import ErrorCode, KarmaError
 from karma.protocol import fields, optable
 from karma.protocol import requests as r
 from karma.protocol.gate import Gate
+from karma.protocol.wire import AnyRequest
 
-_TYPED: Final[msgspec.json.Decoder[r.AnyRequest]] = msgspec.json.Decoder(r.AnyRequest)
+_TYPED: Final[msgspec.json.Decoder[AnyRequest]] = msgspec.json.Decoder(AnyRequest)
 _GENERIC: Final = msgspec.json.Decoder()
 _UNSUPPORTED: Final = "Karma 1.0 accepts only protocol v2 requests with field v=2"
 #: Fields the slow path does not type-check: the envelope, and `tree`/`series` (SeriesRequest).
@@ -33,6 +34,8 @@ def decode(line: bytes, gate: Gate) -> r.Request:
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         return _decode_slow(line, gate)
     spec = optable.SPEC_BY_CLASS[type(request)]
+    if spec.internal and not gate.internal_ops:
+        raise KarmaError(ErrorCode.UNKNOWN_COMMAND, f"Unknown op {r.op_tag(type(request))}")
     if not gate.open:
         gate.admit(spec, request.token)
     _check(request, spec)
@@ -64,7 +67,7 @@ def _decode_slow(line: bytes, gate: Gate) -> r.Request:
     if not isinstance(op, str):
         raise KarmaError.required("op")
     cls = optable.CLASS_BY_TAG.get(op)
-    if cls is None:
+    if cls is None or (optable.SPEC_BY_CLASS[cls].internal and not gate.internal_ops):
         raise KarmaError(ErrorCode.UNKNOWN_COMMAND, f"Unknown op {op}")
     gate.admit(optable.SPEC_BY_CLASS[cls], obj.get("token"))
     cleaned = {k: v for k, v in obj.items() if not (k in _SKIPPED and not isinstance(v, str))}

@@ -43,6 +43,8 @@ class Gate:
     auth_token: str | None = None
     read_token: str | None = None
     slave: bool = False
+    #: WAL replay and replication read effect entries (limit.apply, …); clients may not send them
+    internal_ops: bool = False
 
     @property
     def open(self) -> bool:

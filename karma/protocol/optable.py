@@ -14,7 +14,9 @@ from typing import Final, TypeVar
 
 import attrs
 
+from karma.protocol import limit_requests as lr
 from karma.protocol import requests as r
+from karma.protocol.wire import AnyRequest
 
 
 class Access(Enum):
@@ -29,6 +31,9 @@ class OpSpec:
     internal_name: str
     access: Access
     idempotent: bool = False
+    #: a WAL effect entry (limit.apply, …): read from the WAL and from a master, never taken
+    #: from a client
+    internal: bool = False
 
     @property
     def tags(self) -> list[str]:
@@ -89,10 +94,21 @@ SPECS: Final[tuple[OpSpec, ...]] = (
     OpSpec(r.IngestAbort, "ingest_abort", W),
     OpSpec(r.IdempotencyPrune, "idempotency_prune", W),
     OpSpec(r.IdempotencySnapshotFetchChunk, "idempotency_snapshot_fetch_chunk", R),
+    OpSpec(lr.LimitConsume, "limit_consume", W),
+    OpSpec(lr.LimitCheck, "limit_check", R),
+    OpSpec(lr.LimitReserve, "limit_reserve", W),
+    OpSpec(lr.LimitCommit, "limit_commit", W),
+    OpSpec(lr.LimitVoid, "limit_void", W),
+    OpSpec(lr.LimitReservation, "limit_reservation", R),
+    OpSpec(lr.LimitStatus, "limit_status", R),
+    OpSpec(lr.LimitSnapshotFetchChunk, "limit_snapshot_fetch_chunk", R),
+    OpSpec(lr.LimitApply, "limit_apply", W, internal=True),
+    OpSpec(lr.LimitHold, "limit_hold", W, internal=True),
+    OpSpec(lr.LimitSettle, "limit_settle", W, internal=True),
 )
 
 #: Every request class of the wire union, aliases included.
-ALL_CLASSES: Final[tuple[type[r.Request], ...]] = typing.get_args(r.AnyRequest)
+ALL_CLASSES: Final[tuple[type[r.Request], ...]] = typing.get_args(AnyRequest)
 
 
 def by_class(table: Mapping[type, T]) -> dict[type[r.Request], T]:

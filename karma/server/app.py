@@ -28,7 +28,7 @@ from karma.core.idempotency import IdempotencyTable
 from karma.errors import KarmaError
 from karma.observability import metrics
 from karma.observability.logs import Logger
-from karma.server import systemd
+from karma.server import limit_ops, systemd
 from karma.server.accept import AcceptFailures, listen, serve_listeners
 from karma.server.connections import Drain, serve_connection
 from karma.server.follower_task import Follower
@@ -64,6 +64,7 @@ def _prepare(config: Config, log: Logger) -> Prepared:
             config.idempotency_max_records, config.idempotency_max_age_seconds
         )
     )
+    engine.limits.max_open = config.max_open_reservations
     status = NodeStatus(role=str(config.role), wal_enabled=config.wal, started_at=time.time())
     now = time.time()
     try:
@@ -141,6 +142,9 @@ async def serve(
             if config.role is Role.SLAVE and config.replication_source_host:
                 follower = Follower(config, directory, engine, status, writer, log)
                 await services.start(follower.run)
+            if config.role is Role.MASTER:
+                # holds expire by the master's clock, through the WAL: replicas follow it
+                services.start_soon(limit_ops.expire_holds, node)
             if config.snapshot_interval_seconds:
                 services.start_soon(snapshots.serve_interval, config.snapshot_interval_seconds)
             async with trio.open_nursery() as connections:

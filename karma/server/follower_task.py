@@ -10,6 +10,7 @@ Failures back off with jitter and show in replication.status, stats and metrics.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import random
 import time
@@ -32,13 +33,21 @@ from karma.protocol.gate import Gate
 from karma.server.wal_writer import Pending, WalWriter
 from karma.storage import recovery, snapshot_codec, snapshot_files
 
-_OPEN = Gate()
+_OPEN = Gate(internal_ops=True)  # effect entries (limit.*) are read from the WAL
 CHUNK = 262_144
 MAX_BACKOFF_S = 30.0
 
 
 class ReplicationError(Exception):
     """The master could not be reached, refused, or answered something unusable."""
+
+
+class RejectedError(ReplicationError):
+    """The master answered with an error code (other than a gap)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class GapError(ReplicationError):
@@ -75,7 +84,9 @@ class MasterLink:
         if not answer.get("success"):
             if answer.get("error_code") == ErrorCode.REPLICATION_GAP:
                 raise GapError(str(answer.get("response")))
-            raise ReplicationError(f"Master rejected {op}: {answer.get('response')}")
+            raise RejectedError(
+                f"Master rejected {op}: {answer.get('response')}", str(answer.get("error_code"))
+            )
         return answer["response"]
 
     async def _line(self) -> bytes:
@@ -108,6 +119,7 @@ class Follower:
     #: up to these are already (partly) in the snapshots
     cuts: dict[str, int] = attrs.field(factory=dict)
     state_lsn: int = 0
+    limits_lsn: int = 0
 
     def __attrs_post_init__(self) -> None:
         assert self.config.replication_source_host is not None
@@ -171,7 +183,7 @@ class Follower:
 
     async def _apply(self, entries: list[dict[str, Any]]) -> None:
         last: Pending | None = None
-        overlap = max([self.state_lsn, *self.cuts.values()], default=0)
+        overlap = max([self.state_lsn, self.limits_lsn, *self.cuts.values()], default=0)
         current = self.status.wal_current_lsn  # the LSN of the last entry logged or queued
         for item in entries:
             lsn = int(item["lsn"])
@@ -192,6 +204,14 @@ class Follower:
                     await last.done.wait()
                     last = None
                 await self._log_only(mutation, lsn)
+                if isinstance(mutation, m.LIMIT_EFFECTS):
+                    cut_of = self.cuts.get
+                    self.engine.replay_limit(
+                        mutation,
+                        series_behind=lambda name: lsn > cut_of(name, 0),  # noqa: B023 - used now
+                        state_effect=lsn > self.limits_lsn,
+                    )
+                    continue
                 series = getattr(mutation, "series", None)
                 self.engine.replay(
                     mutation,
@@ -249,19 +269,25 @@ class Follower:
                 idem_meta,
                 await self._fetch("idempotency.snapshot_fetch_chunk", idem_meta),
             )
+        limit_state = await self._fetch_limits()
         limits = self.engine.idempotency
         fresh = Engine(idempotency=IdempotencyTable(limits.max_records, limits.max_age_seconds))
-        await trio.to_thread.run_sync(self._install, trees, idempotency)
+        fresh.limits.max_open = self.engine.limits.max_open
+        await trio.to_thread.run_sync(self._install, trees, idempotency, limit_state)
         restored = await trio.to_thread.run_sync(self._load, fresh)
         # resume after the oldest cut: newer entries are filtered per series as they arrive
         lsn = min([restored.snapshot_state_lsn, *restored.cuts.values()])
+        if limit_state is not None:
+            lsn = min(lsn, restored.limits_lsn)
         await self._reset_wal(lsn)
         # the swap: synchronous, so no request sees half of the old and half of the new data
         self.engine.store.series = fresh.store.series
         self.engine.idempotency.records = fresh.idempotency.records
         self.engine.ingest.active = fresh.ingest.active
         self.engine.ingest.committed = fresh.ingest.committed
+        self.engine.limits = fresh.limits
         self.cuts, self.state_lsn = restored.cuts, restored.snapshot_state_lsn
+        self.limits_lsn = restored.limits_lsn
         self.status.last_snapshot_lsn = max(restored.cuts.values(), default=0)
         return lsn
 
@@ -288,10 +314,22 @@ class Follower:
             )
         return data
 
+    async def _fetch_limits(self) -> tuple[dict[str, Any], bytes] | None:
+        """The master's karma.limits.json, or None: it has none yet, or it is karma 1.0."""
+        try:
+            first = await self.link.call("limit.snapshot_fetch_chunk", offset=0, limit=1)
+        except RejectedError as exc:
+            if exc.code in (ErrorCode.NOT_FOUND, ErrorCode.UNKNOWN_COMMAND):
+                return None  # no limit state yet, or a karma 1.0 master
+            raise
+        meta = first["metadata"]
+        return meta, await self._fetch("limit.snapshot_fetch_chunk", meta)
+
     def _install(
         self,
         trees: list[tuple[dict[str, Any], bytes]],
         idempotency: tuple[dict[str, Any], bytes] | None,
+        limit_state: tuple[dict[str, Any], bytes] | None = None,
     ) -> None:
         """Replace the replica's snapshot files with the master's (blocking; in a thread)."""
         for old in snapshot_files.list_snapshots(self.directory):
@@ -315,6 +353,15 @@ class Follower:
                 (data, records, streams),
                 int(meta.get("timestamp", 0)),
                 int(meta.get("last_lsn", 0)),
+            )
+        for stale in (snapshot_files.LIMITS, snapshot_files.LIMITS + ".meta.json"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.directory / stale).unlink()
+        if limit_state is not None:
+            meta, data = limit_state
+            json.loads(data)  # refuse garbage before it lands on disk
+            snapshot_files.write_limits(
+                self.directory, data, int(meta.get("timestamp", 0)), int(meta.get("last_lsn", 0))
             )
 
     def _load(self, fresh: Engine) -> recovery.Loaded:

@@ -36,6 +36,7 @@ from karma.protocol import envelope, optable
 from karma.protocol import requests as r
 from karma.protocol.decode import decode
 from karma.protocol.gate import Gate
+from karma.server import limit_ops
 from karma.server.snapshotter import Snapshotter
 from karma.server.wal_writer import Pending, WalWriter
 from karma.storage import files, snapshot_codec, snapshot_files, wal_files
@@ -70,7 +71,8 @@ class Node:
     checkpoints: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     gate: Gate = attrs.field(init=False)
     directory: Path = attrs.field(init=False)
-    _inflight: dict[str, trio.Event] = attrs.field(init=False, factory=dict)
+    #: keys and reservation ids being written: a retry waits for the first write's outcome
+    inflight: dict[str, trio.Event] = attrs.field(init=False, factory=dict)
     karma_metrics: CollectorRegistry = attrs.field(init=False)
     _files: trio.CapacityLimiter = attrs.field(init=False, factory=lambda: trio.CapacityLimiter(2))
     _second: int = attrs.field(init=False, default=-1)
@@ -123,6 +125,11 @@ class Node:
         started = time.perf_counter()
         try:
             cls = type(request)
+            limit_op = limit_ops.HANDLERS.get(cls)
+            if limit_op is not None:
+                answer = await limit_op(self, request)
+                self.record(started, failed=False, request=request)
+                return answer
             if request.key_text is not None and optable.SPEC_BY_CLASS[cls].idempotent:
                 return await self._keyed_write(request, started)
             if cls in _SEQUENTIAL:
@@ -164,10 +171,10 @@ class Node:
 
     # --- writes --------------------------------------------------------------------------------
     def _mutation(self, request: r.Request) -> m.Mutation | Immediate:
-        today, now = self._clock()
+        today, now = self.clock()
         return self.engine.mutation_for(request, today, now, logged=self.writer is not None)
 
-    def _clock(self) -> tuple[int, int]:
+    def clock(self) -> tuple[int, int]:
         """(today's UTC day bucket, Unix seconds); the day is worked out once per second."""
         now = int(time.time())
         if now != self._second:
@@ -214,7 +221,7 @@ class Node:
         key = request.key_text
         assert key is not None
         while True:
-            today, now = self._clock()
+            today, now = self.clock()
             mutation = self.engine.normalize(request, today, now)
             assert isinstance(mutation, m.Idempotent)
             fingerprint = mutation.canon().digest()
@@ -228,16 +235,16 @@ class Node:
             if saved is not None:
                 self.record(started, failed=False, request=request)
                 return envelope.encode_idempotent(saved.response, replayed=True)
-            busy = self._inflight.get(key)
+            busy = self.inflight.get(key)
             if busy is None:
                 break
             await busy.wait()
         self.engine.check(mutation)
-        self._inflight[key] = done = trio.Event()
+        self.inflight[key] = done = trio.Event()
         try:
             response = await self._commit(mutation)
         finally:
-            del self._inflight[key]
+            del self.inflight[key]
             done.set()
         self.record(started, failed=False, request=request)
         self.engine.counters.record_idempotent_write((time.perf_counter() - started) * 1000)
@@ -556,7 +563,9 @@ _SEQUENTIAL: Final = frozenset(
 )
 _SHELL_BY_CLASS: Final = optable.by_class(_SHELL)
 _ASYNC_BY_CLASS: Final = optable.by_class(_ASYNC)
-_ASYNC_OR_SEQUENTIAL: Final = frozenset(_ASYNC_BY_CLASS) | _SEQUENTIAL
+_ASYNC_OR_SEQUENTIAL: Final = (
+    frozenset(_ASYNC_BY_CLASS) | _SEQUENTIAL | frozenset(optable.by_class(limit_ops.HANDLERS))
+)
 _INGEST_CLASSES: Final = frozenset(
     cls for cls, tag in optable.TAG_BY_CLASS.items() if tag.startswith("ingest.")
 )

@@ -29,6 +29,7 @@ class Cut:
     timestamp: int
     series: dict[str, bytes]
     idempotency: tuple[bytes, int, int]
+    limits: bytes
 
 
 @attrs.define(eq=False)
@@ -51,6 +52,7 @@ class Snapshotter:
             timestamp=int(time.time()),
             series={name: snapshot_codec.encode_series(store.series[name]) for name in chosen},
             idempotency=self.engine.idempotency_document(snapshot_codec.encode_series),
+            limits=self.engine.limits_document(),
         )
 
     async def create_all(self, reason: str) -> None:
@@ -118,6 +120,7 @@ class Snapshotter:
         for name, data in cut.series.items():
             snapshot_files.write_snapshot(self.directory, name, data, cut.timestamp, cut.lsn)
         snapshot_files.write_idempotency(self.directory, cut.idempotency, cut.timestamp, cut.lsn)
+        snapshot_files.write_limits(self.directory, cut.limits, cut.timestamp, cut.lsn)
 
     async def refresh_count(self) -> None:
         found = await trio.to_thread.run_sync(snapshot_files.list_snapshots, self.directory)

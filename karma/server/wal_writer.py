@@ -52,6 +52,8 @@ class WalWriter:
     _queued: int = attrs.field(init=False, default=0)
     #: set when karma.wal is found removed or replaced; the recovery task waits on it
     lost: trio.Event = attrs.field(init=False, factory=trio.Event)
+    #: the newest write submitted: a denial that writes nothing waits for it (limit_ops)
+    _last: Pending | None = attrs.field(init=False, default=None)
     batches: int = 0
 
     def __attrs_post_init__(self) -> None:
@@ -64,7 +66,16 @@ class WalWriter:
         pending = Pending(mutation, apply=apply)
         self._send.send_nowait(pending)
         self._queued += 1
+        self._last = pending
         return pending
+
+    async def barrier(self) -> KarmaError | None:
+        """Wait until everything submitted so far is written and applied; its error, if any."""
+        last = self._last
+        if last is None:
+            return None
+        await last.done.wait()
+        return last.error
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -196,6 +207,7 @@ class WalWriter:
         except OSError as exc:
             failure = self._failed(exc, len(batch))
             for pending in batch:
+                self.engine.limits.unpend(pending.mutation)  # a limit effect no longer pending
                 pending.error = failure
                 pending.done.set()
             return
@@ -208,5 +220,10 @@ class WalWriter:
             try:
                 pending.response = self.engine.apply(pending.mutation)
             except KarmaError as exc:  # changed between check and apply: nothing applied
+                self.engine.limits.unpend(pending.mutation)
                 pending.error = exc
+            except Exception as exc:  # noqa: BLE001 - a bug; this task must outlive it
+                self.log.error("internal_error", error=repr(exc), op=pending.mutation.OP)
+                self.engine.limits.unpend(pending.mutation)
+                pending.error = KarmaError.internal()
             pending.done.set()

@@ -34,7 +34,7 @@ from karma.protocol.decode import decode
 from karma.protocol.gate import Gate
 from karma.storage import snapshot_codec, snapshot_files, wal_files
 
-_OPEN = Gate()
+_OPEN = Gate(internal_ops=True)  # effect entries (limit.*) are read from the WAL
 PROGRESS_EVERY = 100_000
 
 
@@ -69,7 +69,7 @@ def restore(
     """Load `directory` into `engine`. `cut_torn=False` reads without repairing (verify)."""
     checkpoints = load_checkpoints(directory)
     cuts: dict[str, int] = {}
-    state_lsn = 0
+    state_lsn = limits_lsn = 0
     result = wal_files.scan(directory)
     if replay:
         gaps = find_gaps(directory, result.records)
@@ -79,6 +79,7 @@ def restore(
             log.error("restore.accepted_loss", **gap.fields())
         cuts = _load_snapshots(directory, engine, log)
         state_lsn = _load_idempotency(directory, engine)
+        limits_lsn = _load_limits(directory, engine)
     for path, good_end, size in result.torn if cut_torn else []:
         saved = wal_files.cut_torn_tail(path, good_end)
         log.warning(
@@ -89,11 +90,13 @@ def restore(
             saved_to=str(saved),
         )
     lsns = [r.lsn for r in result.records if r.lsn is not None]
-    last_lsn = max([wal_files.read_lsn_file(directory), state_lsn, *cuts.values(), *lsns])
+    last_lsn = max(
+        [wal_files.read_lsn_file(directory), state_lsn, limits_lsn, *cuts.values(), *lsns]
+    )
     replayed = 0
     if replay:
         for index, record in enumerate(result.records, 1):
-            replayed += _replay_one(record, engine, cuts, state_lsn, today, now, log)
+            replayed += _replay_one(record, engine, cuts, (state_lsn, limits_lsn), today, now, log)
             if index % PROGRESS_EVERY == 0:
                 log.info("wal.replay_progress", records=index, of=len(result.records))
         log.info("wal.replay", records=replayed, last_lsn=last_lsn)
@@ -172,6 +175,10 @@ def find_gaps(directory: Path, records: list[wal_files.Record]) -> list[Gap]:
     elif meta is not None and isinstance(meta["last_lsn"], int) and meta["last_lsn"] < base:
         why = f"the idempotency snapshot ends at LSN {meta['last_lsn']}: it is older than the WAL"
         gaps.append(Gap(str(idempotency), meta["last_lsn"] + 1, base, why))
+    limits = snapshot_files.limits_meta(directory)
+    if limits is not None and isinstance(limits["last_lsn"], int) and limits["last_lsn"] < base:
+        why = f"the limits snapshot ends at LSN {limits['last_lsn']}: it is older than the WAL"
+        gaps.append(Gap(str(directory / snapshot_files.LIMITS), limits["last_lsn"] + 1, base, why))
     return gaps
 
 
@@ -179,12 +186,13 @@ def find_gaps(directory: Path, records: list[wal_files.Record]) -> list[Gap]:
 class Loaded:
     cuts: dict[str, int]
     snapshot_state_lsn: int
+    limits_lsn: int
 
 
 def load_snapshots(directory: Path, engine: Engine, log: Logger) -> Loaded:
     """Snapshots only (no WAL): what a replica installs after fetching its master's."""
     cuts = _load_snapshots(directory, engine, log)
-    return Loaded(cuts, _load_idempotency(directory, engine))
+    return Loaded(cuts, _load_idempotency(directory, engine), _load_limits(directory, engine))
 
 
 def _load_snapshots(directory: Path, engine: Engine, log: Logger) -> dict[str, int]:
@@ -227,6 +235,23 @@ def _load_idempotency(directory: Path, engine: Engine) -> int:
     return int(meta.get("last_lsn", 0)) if isinstance(meta, dict) else 0
 
 
+def _load_limits(directory: Path, engine: Engine) -> int:
+    """`karma.limits.json` (holds, settled ids, limit records); its LSN, 0 without one."""
+    meta = snapshot_files.limits_meta(directory)
+    path = directory / snapshot_files.LIMITS
+    if meta is None or not path.exists():
+        return 0  # none yet (or a crash before its sidecar): the WAL holds every limit effect
+    try:
+        document = msgspec.json.decode(path.read_bytes())
+    except (msgspec.DecodeError, OSError) as exc:
+        raise RestoreError(f"{path}: {exc}") from exc
+    if not isinstance(document, dict):
+        raise RestoreError(f"{path}: not a limits snapshot")
+    engine.load_limits(document)
+    last = meta.get("last_lsn")
+    return last if isinstance(last, int) else 0
+
+
 def load_checkpoints(directory: Path) -> list[dict[str, Any]]:
     path = directory / snapshot_files.RECOVERY
     if not path.exists():
@@ -253,14 +278,23 @@ def _replay_one(
     record: wal_files.Record,
     engine: Engine,
     cuts: dict[str, int],
-    state_lsn: int,
+    state_lsns: tuple[int, int],
     today: int,
     now: int,
     log: Logger,
 ) -> int:
     lsn = record.lsn or 0
+    state_lsn, limits_lsn = state_lsns
     try:
         mutation = engine.normalize(decode(record.entry, _OPEN), today, now)
+        if isinstance(mutation, m.LIMIT_EFFECTS):
+            # each add by its own series' snapshot; holds and records by the limits sidecar's
+            engine.replay_limit(
+                mutation,
+                series_behind=lambda series: lsn > cuts.get(series, 0),
+                state_effect=lsn > limits_lsn,
+            )
+            return 1
         store_effect = lsn > cuts.get(_series_of(mutation, engine) or "", 0)
         state_effect = lsn > state_lsn
         if not (store_effect or state_effect):

@@ -26,6 +26,9 @@ TREE_NAME: Final = re.compile(r"(\d+)_(.+)\.tree")
 NAME_MAX_BYTES: Final = 255
 IDEMPOTENCY: Final = "karma.idempotency.json"
 RECOVERY: Final = "recovery.json"
+#: holds, settled reservation ids and limit ops' idempotency records: karma-trio's own file,
+#: beside karma 1.0's (which ignores it), so .tree files and karma.idempotency.json stay its own
+LIMITS: Final = "karma.limits.json"
 
 
 @attrs.frozen
@@ -166,6 +169,23 @@ def write_idempotency(
         "committed_stream_count": streams,
     }
     atomic_write(directory / (IDEMPOTENCY + ".meta.json"), msgspec.json.encode(meta) + b"\n")
+
+
+def write_limits(directory: Path, data: bytes, timestamp: int, last_lsn: int) -> None:
+    atomic_write(directory / LIMITS, data, sync_dir=False)
+    meta = {"file": LIMITS, "timestamp": timestamp, "last_lsn": last_lsn, "bytes": len(data)}
+    atomic_write(directory / (LIMITS + ".meta.json"), msgspec.json.encode(meta) + b"\n")
+
+
+def limits_meta(directory: Path) -> dict[str, object] | None:
+    """The limits snapshot's metadata, or None when there is none (or it is unreadable)."""
+    try:
+        meta = msgspec.json.decode(files.read_regular(directory / (LIMITS + ".meta.json")))
+    except (OSError, msgspec.DecodeError):
+        return None
+    if not isinstance(meta, dict):
+        return None
+    return {field: meta.get(field, 0) for field in ("file", "timestamp", "bytes", "last_lsn")}
 
 
 def idempotency_meta(directory: Path) -> dict[str, object] | None:

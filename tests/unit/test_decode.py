@@ -15,6 +15,7 @@ from karma.protocol.gate import Gate
 from tests.helpers import GOLDEN
 
 OPEN = Gate()
+WAL = Gate(internal_ops=True)
 B1 = 20260501
 
 
@@ -85,7 +86,19 @@ VALID: dict[str, dict[str, Any]] = {
     "ingest.abort": {"stream_id": "s"},
     "idempotency.prune": {"before": "2026-05-29T00:00:00Z", "limit": 10},
     "idempotency.snapshot_fetch_chunk": {"offset": 0},
+    "limit.consume": {"series": "a", "key": 1, "max": 10, "window": {"days": 1}},
+    "limit.check": {"series": "a", "key": 1, "value": 0, "max": 10, "window": {"days": 1}},
+    "limit.reserve": {"id": "r", "series": "a", "key": 1, "max": 10, "window": {"days": 1}},
+    "limit.commit": {"id": "r", "value": 1},
+    "limit.void": {"id": "r"},
+    "limit.reservation": {"id": "r"},
+    "limit.status": {},
+    "limit.snapshot_fetch_chunk": {"offset": 0},
+    "limit.apply": {"add": [["a", 1, B1, 1]]},
+    "limit.hold": {"id": "r", "items": [], "expires_at_unix_ms": 1, "created_at_unix": 1},
+    "limit.settle": {"id": "r", "outcome": "voided", "add": [], "settled_at_unix": 1},
 }
+INTERNAL = {"limit.apply", "limit.hold", "limit.settle"}
 
 
 def test_every_op_of_the_union_has_a_valid_example() -> None:
@@ -94,8 +107,17 @@ def test_every_op_of_the_union_has_a_valid_example() -> None:
 
 @pytest.mark.parametrize("op", sorted(VALID))
 def test_each_op_decodes_to_its_struct(op: str) -> None:
-    request = decode(line(op, **VALID[op]), OPEN)
+    request = decode(line(op, **VALID[op]), WAL if op in INTERNAL else OPEN)
     assert r.op_tag(type(request)) == op
+
+
+@pytest.mark.parametrize("op", sorted(INTERNAL))
+def test_wal_effect_entries_are_unknown_to_clients(op: str) -> None:
+    with pytest.raises(KarmaError) as refused:
+        decode(line(op, **VALID[op]), OPEN)
+    assert refused.value.code == ErrorCode.UNKNOWN_COMMAND
+    assert refused.value.message == f"Unknown op {op}"
+    assert r.op_tag(type(decode(line(op, **VALID[op]), WAL))) == op
 
 
 def test_aliases_share_the_spec_of_their_op() -> None:
