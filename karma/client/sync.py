@@ -5,66 +5,27 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import select
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Concatenate, ParamSpec, TypeVar
-from urllib.parse import urlsplit
-
-import msgspec
 
 from karma.client import calls
 from karma.client.calls import Call, Day
-from karma.client.errors import ConnectionFailed, KarmaError, from_answer
+from karma.client.errors import ConnectionFailed, KarmaError
+from karma.client.wire import (
+    Answer,
+    decode_answers,
+    encode_call,
+    is_quiet,
+    parse_url,
+    read_answer,
+    results,
+)
 
 T = TypeVar("T")
 P = ParamSpec("P")
-IDLE_CHECK_S = 1.0
-
-
-class Answer(msgspec.Struct):
-    success: bool
-    response: msgspec.Raw = msgspec.Raw(b"null")
-    error_code: str | None = None
-    idempotent: bool | None = None
-
-
-_decode_answer = msgspec.json.Decoder(Answer).decode
-_encode = msgspec.json.Encoder().encode
-
-
-def encode_call(call: Call[Any], token: str | None) -> bytes:
-    request: dict[str, Any] = {"v": 2, "op": call.op, **call.fields}
-    if token is not None:
-        request["token"] = token
-    return _encode(request) + b"\n"
-
-
-def read_answer(call: Call[T], line: bytes) -> T:
-    try:
-        answer = _decode_answer(line)
-    except msgspec.DecodeError as exc:
-        raise ConnectionFailed(f"unreadable answer to {call.op}: {line[:200]!r}") from exc
-    response = msgspec.json.decode(answer.response)
-    if not answer.success:
-        if answer.error_code == "not_found" and call.if_missing is not None:
-            return call.if_missing()
-        raise from_answer(answer.error_code, str(response))
-    return call.read(response)
-
-
-def parse_url(url: str) -> dict[str, Any]:
-    """`karma://[token@]host[:port]` → Client keyword arguments."""
-    parts = urlsplit(url)
-    if parts.scheme != "karma":
-        raise ValueError(f"not a karma:// URL: {url}")
-    return {
-        "host": parts.hostname or "127.0.0.1",
-        "port": parts.port or 8080,
-        "token": parts.username or None,
-    }
 
 
 class _Connection:
@@ -72,28 +33,54 @@ class _Connection:
         self.sock = socket.create_connection((host, port), timeout=connect_timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buffer = b""
-        self.last_used = time.monotonic()
+        #: Only a connection whose every answer was read, none of them one after which the
+        #: server hangs up, may carry another request. False while an exchange is under way,
+        #: so a timeout or an interrupt half-way leaves it False: the next answer read from it
+        #: could belong to the call that gave up.
+        self.reusable = True
 
-    def healthy(self) -> bool:
+    def quiet(self) -> bool:
         """An idle connection the server closed (restart, idle timeout) reads as EOF."""
-        if time.monotonic() - self.last_used < IDLE_CHECK_S:
-            return True
-        readable, _, _ = select.select([self.sock], [], [], 0)
-        return not readable
+        self.sock.settimeout(0)
+        return is_quiet(self.sock)
 
-    def exchange(self, data: bytes, answers: int, timeout: float) -> list[bytes]:
+    def exchange(self, data: bytes, answers: int, timeout: float) -> list[Answer]:
+        """Send `data`, read up to `answers` answers.
+
+        Fewer come back only when the server closed the connection after answering them.
+        Raises OSError when no answer came at all, or when the time ran out.
+        """
+        self.reusable = False
         self.sock.settimeout(timeout)
-        self.sock.sendall(data)
+        failed: OSError | None = None
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            # The server may have refused the request and hung up before reading all of it
+            # (request_too_large); its answer is still there to read.
+            failed = exc
+        lines = self._read_lines(answers)
+        if not lines:
+            raise failed or ConnectionError("the server closed the connection")
+        decoded = decode_answers(lines)
+        self.reusable = len(decoded) == answers and not any(
+            answer.closes_connection for answer in decoded
+        )
+        return decoded
+
+    def _read_lines(self, wanted: int) -> list[bytes]:
         lines: list[bytes] = []
-        while len(lines) < answers:
+        while len(lines) < wanted:
             while b"\n" not in self.buffer:
-                chunk = self.sock.recv(1 << 16)
+                try:
+                    chunk = self.sock.recv(1 << 16)
+                except ConnectionResetError:
+                    chunk = b""
                 if not chunk:
-                    raise ConnectionError("the server closed the connection")
+                    return lines  # closed: no more answers will come
                 self.buffer += chunk
             line, self.buffer = self.buffer.split(b"\n", 1)
             lines.append(line)
-        self.last_used = time.monotonic()
         return lines
 
     def close(self) -> None:
@@ -164,25 +151,27 @@ class Client:
     def _connection(self) -> Iterator[_Connection]:
         if not self._slots.acquire(timeout=self.connect_timeout + self.timeout):
             raise ConnectionFailed("no free connection in the pool")
-        connection: _Connection | None = None
         try:
-            while connection is None:
-                try:
-                    candidate = self._idle.get_nowait()
-                except queue.Empty:
-                    candidate = self._connect()
-                if candidate.healthy():
-                    connection = candidate
-                else:
-                    candidate.close()
+            connection = self._checkout()
             try:
                 yield connection
-            except BaseException:
-                connection.close()  # its state is unknown: never reuse it
-                raise
-            self._idle.put(connection)
+            finally:
+                if connection.reusable:
+                    self._idle.put(connection)
+                else:
+                    connection.close()
         finally:
             self._slots.release()
+
+    def _checkout(self) -> _Connection:
+        while True:
+            try:
+                candidate = self._idle.get_nowait()
+            except queue.Empty:
+                return self._connect()
+            if candidate.quiet():
+                return candidate
+            candidate.close()
 
     def _connect(self) -> _Connection:
         try:
@@ -190,11 +179,11 @@ class Client:
         except OSError as exc:
             raise ConnectionFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
 
-    def _exchange(self, data: bytes, answers: int) -> list[bytes]:
+    def _exchange(self, data: bytes, answers: int) -> list[Answer]:
         with self._connection() as connection:
             try:
                 return connection.exchange(data, answers, self.timeout)
-            except (OSError, ConnectionError) as exc:
+            except OSError as exc:
                 reason = str(exc) or "timed out"
                 raise ConnectionFailed(f"{self.host}:{self.port}: {reason}") from exc
 
@@ -303,11 +292,4 @@ class Pipeline:
         if not queued:
             return []
         data = b"".join(encode_call(call, self.client.token) for call in queued)
-        lines = self.client._exchange(data, len(queued))
-        results: list[Any] = []
-        for call, line in zip(queued, lines, strict=True):
-            try:
-                results.append(read_answer(call, line))
-            except KarmaError as exc:
-                results.append(exc)
-        return results
+        return results(queued, self.client._exchange(data, len(queued)))
