@@ -8,7 +8,7 @@
 Importing this package never imports or starts the server.
 """
 
-from karma.client.aio import AsyncClient
+from karma.client.aio import AsyncClient, AsyncPipeline
 from karma.client.calls import Call, Health, KeysPage, KeyTotal, TopItem, TreeInfo
 from karma.client.errors import (
     ConnectionFailed,
@@ -33,6 +33,7 @@ from karma.client.sync import Client, Pipeline
 
 __all__ = [
     "AsyncClient",
+    "AsyncPipeline",
     "Call",
     "Client",
     "ConnectionFailed",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -14,6 +14,7 @@ import anyio.abc
 from karma.client import calls
 from karma.client.calls import Call
 from karma.client.errors import ConnectionFailed, KarmaError
+from karma.client.verbs import Queues, SendsAsync
 from karma.client.wire import (
     Answer,
     decode_answers,
@@ -21,10 +22,10 @@ from karma.client.wire import (
     is_quiet,
     parse_url,
     read_answer,
+    results,
 )
 
 T = TypeVar("T")
-P = ParamSpec("P")
 #: What a broken or closed stream raises, under either backend.
 BROKEN = (OSError, anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
 
@@ -86,20 +87,7 @@ class _Connection:
             await self.stream.aclose()
 
 
-def lift(
-    builder: Callable[P, Call[T]],
-) -> Callable[Concatenate[AsyncClient, P], Coroutine[Any, Any, T]]:
-    """An AsyncClient method from a Call builder: same parameters, awaits the answer."""
-
-    async def method(self: AsyncClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return await self.run(builder(*args, **kwargs))
-
-    method.__name__ = builder.__name__
-    method.__doc__ = builder.__doc__
-    return method
-
-
-class AsyncClient:
+class AsyncClient(SendsAsync):
     """karma-trio from trio or asyncio tasks; the same methods as `Client`, awaited."""
 
     def __init__(
@@ -190,44 +178,33 @@ class AsyncClient:
                 attempt += 1
                 await anyio.sleep(calls.backoff(attempt))
 
-    async def request(self, op: str, **fields: Any) -> Any:
-        return await self.run(calls.simple(op, **fields))
+    _take = run
 
-    # --- every op, and the domain verbs: signatures and docs come from karma.client.calls ------
-    ping = lift(calls.ping)
-    health = lift(calls.health)
-    stats = lift(calls.stats)
-    metrics = lift(calls.metrics)
-    increment = lift(calls.increment)
-    decrement = lift(calls.decrement)
-    sum = lift(calls.sum)
-    series = lift(calls.series)
-    batch_sum = lift(calls.batch_sum)
-    multi_sum = lift(calls.multi_sum)
-    batch_add = lift(calls.batch_add)
-    batch_set = lift(calls.batch_set)
-    reset = lift(calls.reset)
-    batch_reset = lift(calls.batch_reset)
-    delete_range = lift(calls.delete_range)
-    batch_delete_range = lift(calls.batch_delete_range)
-    tree_create = lift(calls.tree_create)
-    tree_drop = lift(calls.tree_drop)
-    tree_list = lift(calls.tree_list)
-    tree_info = lift(calls.tree_info)
-    tree_keys = lift(calls.tree_keys)
-    tree_top = lift(calls.tree_top)
-    tree_summary = lift(calls.tree_summary)
-    tree_series = lift(calls.tree_series)
-    delete_before = lift(calls.delete_before)
-    compact = lift(calls.compact)
-    ingest_begin = lift(calls.ingest_begin)
-    ingest_chunk = lift(calls.ingest_chunk)
-    ingest_commit = lift(calls.ingest_commit)
-    ingest_abort = lift(calls.ingest_abort)
-    snapshot_create_all = lift(calls.snapshot_create_all)
-    snapshot_list = lift(calls.snapshot_list)
-    snapshot_info = lift(calls.snapshot_info)
-    snapshot_verify = lift(calls.snapshot_verify)
-    record_usage = lift(calls.record_usage)
-    usage = lift(calls.usage)
-    usages = lift(calls.usages)
+    def pipeline(self) -> AsyncPipeline:
+        return AsyncPipeline(self)
+
+
+class AsyncPipeline(Queues):
+    """`async with client.pipeline() as p:` queue calls, then `await p.execute()`.
+
+    Every method of `AsyncClient` is here too, not awaited: it queues its call and returns
+    the pipeline.
+    """
+
+    def __init__(self, client: AsyncClient) -> None:
+        super().__init__()
+        self.client = client
+
+    async def __aenter__(self) -> AsyncPipeline:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.calls.clear()
+
+    async def execute(self) -> list[Any]:
+        """One result per queued call, in order; a refused call's place holds its KarmaError."""
+        queued, self.calls = self.calls, []
+        if not queued:
+            return []
+        data = b"".join(encode_call(call, self.client.token) for call in queued)
+        return results(queued, await self.client.exchange(data, len(queued)))

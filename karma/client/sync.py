@@ -8,12 +8,13 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from collections.abc import Iterator
+from typing import Any, TypeVar
 
 from karma.client import calls
-from karma.client.calls import Call, Day
+from karma.client.calls import Call
 from karma.client.errors import ConnectionFailed, KarmaError
+from karma.client.verbs import Queues, Sends
 from karma.client.wire import (
     Answer,
     decode_answers,
@@ -25,7 +26,6 @@ from karma.client.wire import (
 )
 
 T = TypeVar("T")
-P = ParamSpec("P")
 
 
 class _Connection:
@@ -88,24 +88,14 @@ class _Connection:
             self.sock.close()
 
 
-def lift(builder: Callable[P, Call[T]]) -> Callable[Concatenate[Client, P], T]:
-    """A Client method from a Call builder: same parameters, the answer instead of the Call."""
-
-    def method(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return self.run(builder(*args, **kwargs))
-
-    method.__name__ = builder.__name__
-    method.__doc__ = builder.__doc__
-    return method
-
-
-class Client:
+class Client(Sends):
     """A karma-trio client for threads. Every method is one request, answered or raised.
 
     `retries=N` retries calls that are safe to repeat (reads, and writes carrying an
     idempotency key) after a connection failure; an eligible write made with retries gets an
     idempotency key generated *before* its first attempt, so a retry after a lost answer is
-    never counted twice.
+    never counted twice. The methods (one per op, plus the domain verbs) are listed once in
+    `karma.client.verbs`.
     """
 
     def __init__(
@@ -201,90 +191,21 @@ class Client:
                 attempt += 1
                 time.sleep(calls.backoff(attempt))
 
-    def request(self, op: str, **fields: Any) -> Any:
-        """Any op, raw: its `response` value (errors are raised)."""
-        return self.run(calls.simple(op, **fields))
+    _take = run
 
     def pipeline(self) -> Pipeline:
         return Pipeline(self)
 
-    # --- every op, and the domain verbs: signatures and docs come from karma.client.calls --
-    ping = lift(calls.ping)
-    health = lift(calls.health)
-    stats = lift(calls.stats)
-    metrics = lift(calls.metrics)
-    increment = lift(calls.increment)
-    decrement = lift(calls.decrement)
-    sum = lift(calls.sum)
-    series = lift(calls.series)
-    batch_sum = lift(calls.batch_sum)
-    multi_sum = lift(calls.multi_sum)
-    batch_add = lift(calls.batch_add)
-    batch_set = lift(calls.batch_set)
-    reset = lift(calls.reset)
-    batch_reset = lift(calls.batch_reset)
-    delete_range = lift(calls.delete_range)
-    batch_delete_range = lift(calls.batch_delete_range)
-    tree_create = lift(calls.tree_create)
-    tree_drop = lift(calls.tree_drop)
-    tree_list = lift(calls.tree_list)
-    tree_info = lift(calls.tree_info)
-    tree_keys = lift(calls.tree_keys)
-    tree_top = lift(calls.tree_top)
-    tree_summary = lift(calls.tree_summary)
-    tree_series = lift(calls.tree_series)
-    delete_before = lift(calls.delete_before)
-    compact = lift(calls.compact)
-    ingest_begin = lift(calls.ingest_begin)
-    ingest_chunk = lift(calls.ingest_chunk)
-    ingest_commit = lift(calls.ingest_commit)
-    ingest_abort = lift(calls.ingest_abort)
-    snapshot_create_all = lift(calls.snapshot_create_all)
-    snapshot_list = lift(calls.snapshot_list)
-    snapshot_info = lift(calls.snapshot_info)
-    snapshot_verify = lift(calls.snapshot_verify)
-    record_usage = lift(calls.record_usage)
-    usage = lift(calls.usage)
-    usages = lift(calls.usages)
 
+class Pipeline(Queues):
+    """Many calls in one write, answers read in order: `with client.pipeline() as p: ...`.
 
-class Pipeline:
-    """Many requests in one write, answers read in order: `with client.pipeline() as p: ...`."""
+    Every method of `Client` is here too; it queues its call and returns the pipeline.
+    """
 
     def __init__(self, client: Client) -> None:
+        super().__init__()
         self.client = client
-        self.calls: list[Call[Any]] = []
-
-    def __enter__(self) -> Pipeline:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.calls.clear()
-
-    def add(self, call: Call[Any]) -> Pipeline:
-        self.calls.append(call)
-        return self
-
-    def increment(
-        self,
-        series: str,
-        key: int,
-        value: int = 1,
-        *,
-        bucket: Day | None = None,
-        idempotency_key: str | None = None,
-    ) -> Pipeline:
-        return self.add(
-            calls.increment(series, key, value, bucket=bucket, idempotency_key=idempotency_key)
-        )
-
-    def sum(
-        self, series: str, key: int, *, since: Day | None = None, until: Day | None = None
-    ) -> Pipeline:
-        return self.add(calls.sum(series, key, since=since, until=until))
-
-    def request(self, op: str, **fields: Any) -> Pipeline:
-        return self.add(calls.simple(op, **fields))
 
     def execute(self) -> list[Any]:
         """One result per queued call, in order; a refused call's place holds its KarmaError."""

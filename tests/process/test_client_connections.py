@@ -21,7 +21,6 @@ import pytest
 import trio
 
 from karma import client as k
-from karma.client import calls
 from tests.process.proc import Proc
 
 pytestmark = pytest.mark.process
@@ -58,8 +57,7 @@ def test_a_pipeline_stops_at_the_refused_call_and_the_next_call_is_answered(
 ) -> None:
     with k.Client(port=server.port, retries=0, timeout=5) as karma:
         with karma.pipeline() as pipe:
-            pipe.increment(S, 1).add(calls.batch_add(S, TOO_MANY)).increment(S, 2)
-            results = pipe.execute()
+            results = pipe.increment(S, 1).batch_add(S, TOO_MANY).increment(S, 2).execute()
         assert results[0] == 1
         assert isinstance(results[1], k.RequestTooLarge)
         assert isinstance(results[2], k.ConnectionFailed)  # never read by the server...
@@ -149,7 +147,12 @@ def test_the_async_call_after_a_request_too_large_is_answered(server: Proc, back
             with pytest.raises(k.RequestTooLarge, match="Request exceeds 4096 bytes"):
                 await karma.batch_add(S, TOO_MANY)
             assert await karma.increment(S, 1) == 1
-            assert await karma.sum(S, 1) == 1
+            async with karma.pipeline() as pipe:
+                results = await pipe.increment(S, 1).batch_add(S, TOO_MANY).execute()
+            assert results[0] == 1
+            assert isinstance(results[1], k.RequestTooLarge)
+            assert await karma.increment(S, 1) == 1
+            assert await karma.sum(S, 1) == 3
 
     run_under(backend, scenario)
 
