@@ -8,7 +8,7 @@
 Importing this package never imports or starts the server.
 """
 
-from karma.client.aio import AsyncClient
+from karma.client.aio import AsyncClient, AsyncPipeline
 from karma.client.calls import Call, Health, KeysPage, KeyTotal, TopItem, TreeInfo
 from karma.client.errors import (
     CapacityExceeded,
@@ -34,6 +34,7 @@ from karma.client.sync import Client, Pipeline
 
 __all__ = [
     "AsyncClient",
+    "AsyncPipeline",
     "Call",
     "CapacityExceeded",
     "Client",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
-from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any, Concatenate, ParamSpec, TypeVar
+import socket
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -14,60 +14,80 @@ import anyio.abc
 from karma.client import calls
 from karma.client.calls import Call
 from karma.client.errors import ConnectionFailed, KarmaError
-from karma.client.sync import IDLE_CHECK_S, encode_call, parse_url, read_answer
+from karma.client.verbs import Queues, SendsAsync
+from karma.client.wire import (
+    Answer,
+    decode_answers,
+    encode_call,
+    is_quiet,
+    parse_url,
+    read_answer,
+    results,
+)
 
 T = TypeVar("T")
-P = ParamSpec("P")
+#: What a broken or closed stream raises, under either backend.
+BROKEN = (OSError, anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
 
 
 class _Connection:
     def __init__(self, stream: anyio.abc.SocketStream) -> None:
         self.stream = stream
         self.buffer = b""
-        self.last_used = time.monotonic()
+        #: As in the sync client: False while an exchange is under way, so a timeout or a
+        #: cancellation half-way (or an answer after which the server hangs up) retires it.
+        self.reusable = True
 
-    async def exchange(self, data: bytes, answers: int) -> list[bytes]:
-        await self.stream.send(data)
+    def quiet(self) -> bool:
+        """An idle connection the server closed reads as EOF; peeked without awaiting, since a
+        zero timeout would cancel a trio read before it even looked."""
+        raw = self.stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        # asyncio hands out a TransportSocket, which has no recv: peek through a socket object
+        # borrowed on the same descriptor (detached after, so the descriptor stays open)
+        borrowed = socket.socket(raw.family, raw.type, raw.proto, fileno=raw.fileno())
+        try:
+            borrowed.setblocking(False)  # as it is already; and no socket.setdefaulttimeout wait
+            return is_quiet(borrowed)
+        finally:
+            borrowed.detach()
+
+    async def exchange(self, data: bytes, answers: int) -> list[Answer]:
+        """Send `data`, read up to `answers` answers; fewer only when the server hung up."""
+        self.reusable = False
+        failed: BaseException | None = None
+        try:
+            await self.stream.send(data)
+        except BROKEN as exc:
+            # refused and closed before reading all of it (request_too_large): read the answer
+            failed = exc
+        lines = await self._read_lines(answers)
+        if not lines:
+            raise failed or anyio.EndOfStream()
+        decoded = decode_answers(lines)
+        self.reusable = len(decoded) == answers and not any(
+            answer.closes_connection for answer in decoded
+        )
+        return decoded
+
+    async def _read_lines(self, wanted: int) -> list[bytes]:
         lines: list[bytes] = []
-        while len(lines) < answers:
+        while len(lines) < wanted:
             while b"\n" not in self.buffer:
-                self.buffer += await self.stream.receive(1 << 16)
+                try:
+                    self.buffer += await self.stream.receive(1 << 16)
+                except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionResetError):
+                    return lines  # closed: no more answers will come
             line, self.buffer = self.buffer.split(b"\n", 1)
             lines.append(line)
-        self.last_used = time.monotonic()
         return lines
 
-    async def healthy(self) -> bool:
-        """An idle connection the server closed answers a zero-timeout read with EOF."""
-        if time.monotonic() - self.last_used < IDLE_CHECK_S:
-            return True
-        with anyio.move_on_after(0):
-            try:
-                self.buffer += await self.stream.receive(1 << 16)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-                return False
-            return False  # unsolicited bytes: the connection is out of step
-        return True
-
     async def aclose(self) -> None:
-        with contextlib.suppress(Exception):
+        # shielded: a cancelled task must still let go of its socket
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
             await self.stream.aclose()
 
 
-def lift(
-    builder: Callable[P, Call[T]],
-) -> Callable[Concatenate[AsyncClient, P], Coroutine[Any, Any, T]]:
-    """An AsyncClient method from a Call builder: same parameters, awaits the answer."""
-
-    async def method(self: AsyncClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return await self.run(builder(*args, **kwargs))
-
-    method.__name__ = builder.__name__
-    method.__doc__ = builder.__doc__
-    return method
-
-
-class AsyncClient:
+class AsyncClient(SendsAsync):
     """karma-trio from trio or asyncio tasks; the same methods as `Client`, awaited."""
 
     def __init__(
@@ -92,6 +112,7 @@ class AsyncClient:
 
     @classmethod
     def from_env(cls, **options: Any) -> AsyncClient:
+        """From `KARMA_URL` (default `karma://127.0.0.1:8080`)."""
         return cls.from_url(os.environ.get("KARMA_URL", "karma://127.0.0.1:8080"), **options)
 
     async def __aenter__(self) -> AsyncClient:
@@ -108,19 +129,22 @@ class AsyncClient:
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[_Connection]:
         async with self._slots:
-            connection: _Connection | None = None
-            while connection is None:
-                candidate = self._idle.pop() if self._idle else await self._connect()
-                if await candidate.healthy():
-                    connection = candidate
-                else:
-                    await candidate.aclose()
+            connection = await self._checkout()
             try:
                 yield connection
-            except BaseException:
-                await connection.aclose()
-                raise
-            self._idle.append(connection)
+            finally:
+                if connection.reusable:
+                    self._idle.append(connection)
+                else:
+                    await connection.aclose()
+
+    async def _checkout(self) -> _Connection:
+        while self._idle:
+            candidate = self._idle.pop()
+            if candidate.quiet():
+                return candidate
+            await candidate.aclose()
+        return await self._connect()
 
     async def _connect(self) -> _Connection:
         try:
@@ -130,67 +154,57 @@ class AsyncClient:
             raise ConnectionFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
         return _Connection(stream)
 
-    async def exchange(self, data: bytes, answers: int) -> list[bytes]:
+    async def exchange(self, data: bytes, answers: int) -> list[Answer]:
         async with self._connection() as connection:
             try:
                 with anyio.fail_after(self.timeout):
                     return await connection.exchange(data, answers)
-            except (OSError, TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+            except (*BROKEN, TimeoutError) as exc:
                 reason = str(exc) or type(exc).__name__
                 raise ConnectionFailed(f"{self.host}:{self.port}: {reason}") from exc
 
     async def run(self, call: Call[T], *, retries: int | None = None) -> T:
+        """Send one Call (see karma.client.calls), retrying as configured."""
         budget = self.retries if retries is None else retries
         call = call.keyed_for(budget)
         attempt = 0
         while True:
             try:
-                lines = await self.exchange(encode_call(call, self.token), 1)
-                return read_answer(call, lines[0])
+                answers = await self.exchange(encode_call(call, self.token), 1)
+                return read_answer(call, answers[0])
             except KarmaError as exc:
                 if not exc.retriable or attempt >= budget or not call.retry_safe:
                     raise
                 attempt += 1
                 await anyio.sleep(calls.backoff(attempt))
 
-    async def request(self, op: str, **fields: Any) -> Any:
-        return await self.run(calls.simple(op, **fields))
+    _take = run
 
-    # --- every op, and the domain verbs: signatures and docs come from karma.client.calls ------
-    ping = lift(calls.ping)
-    health = lift(calls.health)
-    stats = lift(calls.stats)
-    metrics = lift(calls.metrics)
-    increment = lift(calls.increment)
-    decrement = lift(calls.decrement)
-    sum = lift(calls.sum)
-    series = lift(calls.series)
-    batch_sum = lift(calls.batch_sum)
-    multi_sum = lift(calls.multi_sum)
-    batch_add = lift(calls.batch_add)
-    batch_set = lift(calls.batch_set)
-    reset = lift(calls.reset)
-    batch_reset = lift(calls.batch_reset)
-    delete_range = lift(calls.delete_range)
-    batch_delete_range = lift(calls.batch_delete_range)
-    tree_create = lift(calls.tree_create)
-    tree_drop = lift(calls.tree_drop)
-    tree_list = lift(calls.tree_list)
-    tree_info = lift(calls.tree_info)
-    tree_keys = lift(calls.tree_keys)
-    tree_top = lift(calls.tree_top)
-    tree_summary = lift(calls.tree_summary)
-    tree_series = lift(calls.tree_series)
-    delete_before = lift(calls.delete_before)
-    compact = lift(calls.compact)
-    ingest_begin = lift(calls.ingest_begin)
-    ingest_chunk = lift(calls.ingest_chunk)
-    ingest_commit = lift(calls.ingest_commit)
-    ingest_abort = lift(calls.ingest_abort)
-    snapshot_create_all = lift(calls.snapshot_create_all)
-    snapshot_list = lift(calls.snapshot_list)
-    snapshot_info = lift(calls.snapshot_info)
-    snapshot_verify = lift(calls.snapshot_verify)
-    record_usage = lift(calls.record_usage)
-    usage = lift(calls.usage)
-    usages = lift(calls.usages)
+    def pipeline(self) -> AsyncPipeline:
+        return AsyncPipeline(self)
+
+
+class AsyncPipeline(Queues):
+    """`async with client.pipeline() as p:` queue calls, then `await p.execute()`.
+
+    Every method of `AsyncClient` is here too, not awaited: it queues its call and returns
+    the pipeline.
+    """
+
+    def __init__(self, client: AsyncClient) -> None:
+        super().__init__()
+        self.client = client
+
+    async def __aenter__(self) -> AsyncPipeline:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.calls.clear()
+
+    async def execute(self) -> list[Any]:
+        """One result per queued call, in order; a refused call's place holds its KarmaError."""
+        queued, self.calls = self.calls, []
+        if not queued:
+            return []
+        data = b"".join(encode_call(call, self.client.token) for call in queued)
+        return results(queued, await self.client.exchange(data, len(queued)))

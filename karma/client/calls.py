@@ -372,11 +372,30 @@ def ingest_begin(stream_id: str, mode: str = "add") -> Call[dict[str, Any]]:
 
 
 def ingest_chunk(
-    stream_id: str, series: str, chunk_seq: int, items: Iterable[Item]
+    stream_id: str,
+    series: str,
+    seq: int | None = None,
+    items: Iterable[Item] | None = None,
+    *,
+    chunk_seq: int | None = None,
 ) -> Call[dict[str, Any]]:
+    """Chunk number `seq` (from 1) of the stream: `[(key, day, value), ...]` for `series`.
+
+    `chunk_seq=` (the protocol's field name) is accepted in place of `seq`: it was this
+    function's parameter name before the documented `seq`.
+    """
+    if (seq is None) == (chunk_seq is None):
+        raise TypeError("ingest_chunk() needs the chunk number as seq or chunk_seq, not both")
+    if items is None:
+        raise TypeError("ingest_chunk() missing its items")
     return Call(
         "ingest.chunk",
-        {"stream_id": stream_id, "series": series, "chunk_seq": chunk_seq, "items": _items(items)},
+        {
+            "stream_id": stream_id,
+            "series": series,
+            "chunk_seq": seq if chunk_seq is None else chunk_seq,
+            "items": _items(items),
+        },
         _identity,
     )
 
@@ -391,6 +410,11 @@ def ingest_abort(stream_id: str) -> Call[dict[str, Any]]:
 
 def simple(op: str, **fields: Any) -> Call[Any]:
     return Call(op, _fields(**fields), _identity)
+
+
+def request(op: str, **fields: Any) -> Call[Any]:
+    """Any op, raw: its `response` value (errors are raised). Fields that are None are left out."""
+    return simple(op, **fields)
 
 
 def health() -> Call[Health]:

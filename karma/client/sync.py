@@ -5,66 +5,27 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, Concatenate, ParamSpec, TypeVar
-from urllib.parse import urlsplit
-
-import msgspec
+from collections.abc import Iterator
+from typing import Any, TypeVar
 
 from karma.client import calls
-from karma.client.calls import Call, Day
-from karma.client.errors import ConnectionFailed, KarmaError, from_answer
+from karma.client.calls import Call
+from karma.client.errors import ConnectionFailed, KarmaError
+from karma.client.verbs import Queues, Sends
+from karma.client.wire import (
+    Answer,
+    decode_answers,
+    encode_call,
+    is_quiet,
+    parse_url,
+    read_answer,
+    results,
+)
 
 T = TypeVar("T")
-P = ParamSpec("P")
-IDLE_CHECK_S = 1.0
-
-
-class Answer(msgspec.Struct):
-    success: bool
-    response: msgspec.Raw = msgspec.Raw(b"null")
-    error_code: str | None = None
-    idempotent: bool | None = None
-
-
-_decode_answer = msgspec.json.Decoder(Answer).decode
-_encode = msgspec.json.Encoder().encode
-
-
-def encode_call(call: Call[Any], token: str | None) -> bytes:
-    request: dict[str, Any] = {"v": 2, "op": call.op, **call.fields}
-    if token is not None:
-        request["token"] = token
-    return _encode(request) + b"\n"
-
-
-def read_answer(call: Call[T], line: bytes) -> T:
-    try:
-        answer = _decode_answer(line)
-    except msgspec.DecodeError as exc:
-        raise ConnectionFailed(f"unreadable answer to {call.op}: {line[:200]!r}") from exc
-    response = msgspec.json.decode(answer.response)
-    if not answer.success:
-        if answer.error_code == "not_found" and call.if_missing is not None:
-            return call.if_missing()
-        raise from_answer(answer.error_code, str(response))
-    return call.read(response)
-
-
-def parse_url(url: str) -> dict[str, Any]:
-    """`karma://[token@]host[:port]` → Client keyword arguments."""
-    parts = urlsplit(url)
-    if parts.scheme != "karma":
-        raise ValueError(f"not a karma:// URL: {url}")
-    return {
-        "host": parts.hostname or "127.0.0.1",
-        "port": parts.port or 8080,
-        "token": parts.username or None,
-    }
 
 
 class _Connection:
@@ -72,28 +33,54 @@ class _Connection:
         self.sock = socket.create_connection((host, port), timeout=connect_timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buffer = b""
-        self.last_used = time.monotonic()
+        #: Only a connection whose every answer was read, none of them one after which the
+        #: server hangs up, may carry another request. False while an exchange is under way,
+        #: so a timeout or an interrupt half-way leaves it False: the next answer read from it
+        #: could belong to the call that gave up.
+        self.reusable = True
 
-    def healthy(self) -> bool:
+    def quiet(self) -> bool:
         """An idle connection the server closed (restart, idle timeout) reads as EOF."""
-        if time.monotonic() - self.last_used < IDLE_CHECK_S:
-            return True
-        readable, _, _ = select.select([self.sock], [], [], 0)
-        return not readable
+        self.sock.settimeout(0)
+        return is_quiet(self.sock)
 
-    def exchange(self, data: bytes, answers: int, timeout: float) -> list[bytes]:
+    def exchange(self, data: bytes, answers: int, timeout: float) -> list[Answer]:
+        """Send `data`, read up to `answers` answers.
+
+        Fewer come back only when the server closed the connection after answering them.
+        Raises OSError when no answer came at all, or when the time ran out.
+        """
+        self.reusable = False
         self.sock.settimeout(timeout)
-        self.sock.sendall(data)
+        failed: OSError | None = None
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            # The server may have refused the request and hung up before reading all of it
+            # (request_too_large); its answer is still there to read.
+            failed = exc
+        lines = self._read_lines(answers)
+        if not lines:
+            raise failed or ConnectionError("the server closed the connection")
+        decoded = decode_answers(lines)
+        self.reusable = len(decoded) == answers and not any(
+            answer.closes_connection for answer in decoded
+        )
+        return decoded
+
+    def _read_lines(self, wanted: int) -> list[bytes]:
         lines: list[bytes] = []
-        while len(lines) < answers:
+        while len(lines) < wanted:
             while b"\n" not in self.buffer:
-                chunk = self.sock.recv(1 << 16)
+                try:
+                    chunk = self.sock.recv(1 << 16)
+                except ConnectionResetError:
+                    chunk = b""
                 if not chunk:
-                    raise ConnectionError("the server closed the connection")
+                    return lines  # closed: no more answers will come
                 self.buffer += chunk
             line, self.buffer = self.buffer.split(b"\n", 1)
             lines.append(line)
-        self.last_used = time.monotonic()
         return lines
 
     def close(self) -> None:
@@ -101,24 +88,14 @@ class _Connection:
             self.sock.close()
 
 
-def lift(builder: Callable[P, Call[T]]) -> Callable[Concatenate[Client, P], T]:
-    """A Client method from a Call builder: same parameters, the answer instead of the Call."""
-
-    def method(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return self.run(builder(*args, **kwargs))
-
-    method.__name__ = builder.__name__
-    method.__doc__ = builder.__doc__
-    return method
-
-
-class Client:
+class Client(Sends):
     """A karma-trio client for threads. Every method is one request, answered or raised.
 
     `retries=N` retries calls that are safe to repeat (reads, and writes carrying an
     idempotency key) after a connection failure; an eligible write made with retries gets an
     idempotency key generated *before* its first attempt, so a retry after a lost answer is
-    never counted twice.
+    never counted twice. The methods (one per op, plus the domain verbs) are listed once in
+    `karma.client.verbs`.
     """
 
     def __init__(
@@ -164,25 +141,27 @@ class Client:
     def _connection(self) -> Iterator[_Connection]:
         if not self._slots.acquire(timeout=self.connect_timeout + self.timeout):
             raise ConnectionFailed("no free connection in the pool")
-        connection: _Connection | None = None
         try:
-            while connection is None:
-                try:
-                    candidate = self._idle.get_nowait()
-                except queue.Empty:
-                    candidate = self._connect()
-                if candidate.healthy():
-                    connection = candidate
-                else:
-                    candidate.close()
+            connection = self._checkout()
             try:
                 yield connection
-            except BaseException:
-                connection.close()  # its state is unknown: never reuse it
-                raise
-            self._idle.put(connection)
+            finally:
+                if connection.reusable:
+                    self._idle.put(connection)
+                else:
+                    connection.close()
         finally:
             self._slots.release()
+
+    def _checkout(self) -> _Connection:
+        while True:
+            try:
+                candidate = self._idle.get_nowait()
+            except queue.Empty:
+                return self._connect()
+            if candidate.quiet():
+                return candidate
+            candidate.close()
 
     def _connect(self) -> _Connection:
         try:
@@ -190,11 +169,11 @@ class Client:
         except OSError as exc:
             raise ConnectionFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
 
-    def _exchange(self, data: bytes, answers: int) -> list[bytes]:
+    def _exchange(self, data: bytes, answers: int) -> list[Answer]:
         with self._connection() as connection:
             try:
                 return connection.exchange(data, answers, self.timeout)
-            except (OSError, ConnectionError) as exc:
+            except OSError as exc:
                 reason = str(exc) or "timed out"
                 raise ConnectionFailed(f"{self.host}:{self.port}: {reason}") from exc
 
@@ -212,90 +191,21 @@ class Client:
                 attempt += 1
                 time.sleep(calls.backoff(attempt))
 
-    def request(self, op: str, **fields: Any) -> Any:
-        """Any op, raw: its `response` value (errors are raised)."""
-        return self.run(calls.simple(op, **fields))
+    _take = run
 
     def pipeline(self) -> Pipeline:
         return Pipeline(self)
 
-    # --- every op, and the domain verbs: signatures and docs come from karma.client.calls --
-    ping = lift(calls.ping)
-    health = lift(calls.health)
-    stats = lift(calls.stats)
-    metrics = lift(calls.metrics)
-    increment = lift(calls.increment)
-    decrement = lift(calls.decrement)
-    sum = lift(calls.sum)
-    series = lift(calls.series)
-    batch_sum = lift(calls.batch_sum)
-    multi_sum = lift(calls.multi_sum)
-    batch_add = lift(calls.batch_add)
-    batch_set = lift(calls.batch_set)
-    reset = lift(calls.reset)
-    batch_reset = lift(calls.batch_reset)
-    delete_range = lift(calls.delete_range)
-    batch_delete_range = lift(calls.batch_delete_range)
-    tree_create = lift(calls.tree_create)
-    tree_drop = lift(calls.tree_drop)
-    tree_list = lift(calls.tree_list)
-    tree_info = lift(calls.tree_info)
-    tree_keys = lift(calls.tree_keys)
-    tree_top = lift(calls.tree_top)
-    tree_summary = lift(calls.tree_summary)
-    tree_series = lift(calls.tree_series)
-    delete_before = lift(calls.delete_before)
-    compact = lift(calls.compact)
-    ingest_begin = lift(calls.ingest_begin)
-    ingest_chunk = lift(calls.ingest_chunk)
-    ingest_commit = lift(calls.ingest_commit)
-    ingest_abort = lift(calls.ingest_abort)
-    snapshot_create_all = lift(calls.snapshot_create_all)
-    snapshot_list = lift(calls.snapshot_list)
-    snapshot_info = lift(calls.snapshot_info)
-    snapshot_verify = lift(calls.snapshot_verify)
-    record_usage = lift(calls.record_usage)
-    usage = lift(calls.usage)
-    usages = lift(calls.usages)
 
+class Pipeline(Queues):
+    """Many calls in one write, answers read in order: `with client.pipeline() as p: ...`.
 
-class Pipeline:
-    """Many requests in one write, answers read in order: `with client.pipeline() as p: ...`."""
+    Every method of `Client` is here too; it queues its call and returns the pipeline.
+    """
 
     def __init__(self, client: Client) -> None:
+        super().__init__()
         self.client = client
-        self.calls: list[Call[Any]] = []
-
-    def __enter__(self) -> Pipeline:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.calls.clear()
-
-    def add(self, call: Call[Any]) -> Pipeline:
-        self.calls.append(call)
-        return self
-
-    def increment(
-        self,
-        series: str,
-        key: int,
-        value: int = 1,
-        *,
-        bucket: Day | None = None,
-        idempotency_key: str | None = None,
-    ) -> Pipeline:
-        return self.add(
-            calls.increment(series, key, value, bucket=bucket, idempotency_key=idempotency_key)
-        )
-
-    def sum(
-        self, series: str, key: int, *, since: Day | None = None, until: Day | None = None
-    ) -> Pipeline:
-        return self.add(calls.sum(series, key, since=since, until=until))
-
-    def request(self, op: str, **fields: Any) -> Pipeline:
-        return self.add(calls.simple(op, **fields))
 
     def execute(self) -> list[Any]:
         """One result per queued call, in order; a refused call's place holds its KarmaError."""
@@ -303,11 +213,4 @@ class Pipeline:
         if not queued:
             return []
         data = b"".join(encode_call(call, self.client.token) for call in queued)
-        lines = self.client._exchange(data, len(queued))
-        results: list[Any] = []
-        for call, line in zip(queued, lines, strict=True):
-            try:
-                results.append(read_answer(call, line))
-            except KarmaError as exc:
-                results.append(exc)
-        return results
+        return results(queued, self.client._exchange(data, len(queued)))

@@ -142,6 +142,55 @@ def test_a_pipeline_answers_in_order(karma: k.Client) -> None:
     assert isinstance(results[11], k.NotFound)
 
 
+def test_every_client_method_queues_in_a_pipeline(karma: k.Client) -> None:
+    with karma.pipeline() as pipe:
+        pipe.record_usage(S, 1, 3, day=D1).increment(S, 2, bucket=D1).decrement(S, 1, bucket=D1)
+        pipe.batch_add(S, [(3, D1, 4)]).usage(S, 1).usages(S, [1, 2, 9]).tree_info(S)
+        pipe.ingest_begin("p1", "add").ingest_chunk("p1", S, seq=1, items=[(4, D1, 1)])
+        pipe.ingest_commit("p1").tree_top(S, 1).request("system.ping")
+        results = pipe.execute()
+    assert results[:4] == [3, 1, 1, {"applied": 1, "total": 4}]
+    assert results[4:6] == [2, {1: 2, 2: 1, 9: 0}]
+    assert (results[6].key_count, results[6].total) == (3, 7)
+    assert results[7]["status"] == "active"
+    assert results[8]["applied"] == 1
+    assert results[9]["status"] == "committed"
+    assert results[10] == [k.TopItem(key=3, value=4)]
+    assert results[11] == "pong"
+
+
+def test_ingest_chunk_takes_the_documented_seq_and_the_older_chunk_seq(karma: k.Client) -> None:
+    karma.ingest_begin("names", "add")
+    assert karma.ingest_chunk("names", S, seq=1, items=[(1, D1, 1)])["applied"] == 1
+    assert karma.ingest_chunk("names", S, chunk_seq=2, items=[(1, D1, 1)])["applied"] == 1
+    assert karma.ingest_chunk("names", S, 3, [(1, D1, 1)])["applied"] == 1
+    with pytest.raises(TypeError, match="not both"):
+        karma.ingest_chunk("names", S, 4, [(1, D1, 1)], chunk_seq=4)
+    assert karma.ingest_commit("names")["last_chunk_seq"] == 3
+
+
+async def async_pipeline(port: int) -> None:
+    async with (
+        k.AsyncClient(port=port, token="full", timeout=5) as karma,
+        karma.pipeline() as pipe,
+    ):
+        pipe.record_usage(S, 1, 3, day=D1).batch_add(S, [(2, D1, 4)]).usages(S, [1, 2])
+        pipe.ingest_begin("ap", "add").ingest_chunk("ap", S, seq=1, items=[(5, D1, 1)])
+        pipe.request("counter.sum", series="nosuch", key=1)
+        results = await pipe.execute()
+    assert results[:3] == [3, {"applied": 1, "total": 4}, {1: 3, 2: 4}]
+    assert results[4]["applied"] == 1
+    assert isinstance(results[5], k.NotFound)
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_the_async_client_pipelines_every_method(server: Proc, backend: str) -> None:
+    if backend == "trio":
+        trio.run(async_pipeline, server.port)
+    else:
+        asyncio.run(async_pipeline(server.port))
+
+
 def test_a_server_restart_fails_calls_quickly_and_then_recovers(server: Proc) -> None:
     with k.Client(port=server.port, token="full", timeout=1, connect_timeout=0.5) as karma:
         assert karma.increment(S, 1) == 1

@@ -1,7 +1,10 @@
-"""The CSV importer end to end against a real server, including a server crash mid-import."""
+"""The CSV importer end to end against a real server: a crash mid-import, a default server's
+request limit, Ctrl-C and a limit that changes before the rerun, copies of the file, bad input.
+"""
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.process.proc import Client, Proc
+from tests.process.proc import Client, Proc, free_port
 
 pytestmark = pytest.mark.process
 ROWS = 1_000_000
@@ -40,7 +43,52 @@ def server(tmp_path: Path) -> Iterator[Proc]:
     proc.close()
 
 
+@pytest.fixture
+def default_server(tmp_path: Path) -> Iterator[Proc]:
+    """A server with its default limits: --max-request-bytes=4096 (start() may add flags)."""
+    (tmp_path / "data").mkdir()
+    proc = Proc(tmp_path / "data", "--wal-fsync=false")
+    yield proc
+    proc.close()
+
+
+@pytest.fixture
+def small_csv(tmp_path: Path) -> Path:
+    """20,000 rows: 2,000 keys x 10 days, values 1..7, under a header."""
+    path = tmp_path / "usage.csv"
+    with open(path, "w") as handle:
+        handle.write("key,bucket,value\n")
+        handle.writelines(f"{i % 2000},{20260501 + i // 2000},{i % 7 + 1}\n" for i in range(20_000))
+    return path
+
+
+SMALL_TOTAL = sum(i % 7 + 1 for i in range(20_000))
+MEDIUM_ROWS = 200_000
+
+
+@pytest.fixture(scope="module")
+def medium_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """200,000 rows (20,000 keys x 10 days): a second or two to import, time for a Ctrl-C."""
+    path = tmp_path_factory.mktemp("medium") / "usage.csv"
+    with open(path, "w") as handle:
+        handle.write("key,bucket,value\n")
+        handle.writelines(
+            f"{i % 20_000},{20260501 + i // 20_000},{i % 7 + 1}\n" for i in range(MEDIUM_ROWS)
+        )
+    return path
+
+
+def check_medium_totals(port: int) -> None:
+    """Every row of medium_csv counted exactly once."""
+    client = Client(port)
+    info = client.call("tree.info", series="usage")["response"]
+    assert info["bucket_count"] == MEDIUM_ROWS
+    assert info["total"] == sum(i % 7 + 1 for i in range(MEDIUM_ROWS))
+    client.close()
+
+
 def importer(csv: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
+    """`karma-trio ingest CSV --series usage --port PORT`, as the README shows it."""
     return subprocess.Popen(
         [
             sys.executable,
@@ -98,4 +146,140 @@ def test_an_import_survives_a_server_crash_and_a_snapshot(csv_file: Path, server
     assert run.returncode == 0, err.decode()
     client = Client(server.port)
     check_totals(client)
+    client.close()
+
+
+def finish(run: subprocess.Popen[bytes]) -> tuple[int, str]:
+    _, err = run.communicate(timeout=300)
+    return run.returncode, err.decode()
+
+
+def total(client: Client, series: str = "usage") -> int:
+    answer = client.call("tree.info", series=series)
+    assert answer["success"], answer
+    value: int = answer["response"]["total"]
+    return value
+
+
+def wait_for_series(port: int, deadline_s: float = 60) -> None:
+    """Until the import has applied at least one chunk (an `add` chunk is live at once)."""
+    client = Client(port)
+    deadline = time.monotonic() + deadline_s
+    while not client.call("tree.info", series="usage")["success"]:
+        assert time.monotonic() < deadline, "no chunk arrived"
+        time.sleep(0.01)
+    client.close()
+
+
+def interrupt(run: subprocess.Popen[bytes], port: int) -> str:
+    """Ctrl-C the importer once the server holds some of the import; its stderr."""
+    wait_for_series(port)
+    run.send_signal(signal.SIGINT)
+    code, err = finish(run)
+    assert code == 130, err
+    return err
+
+
+def test_the_readme_command_imports_into_a_server_with_default_limits(
+    small_csv: Path, default_server: Proc
+) -> None:
+    default_server.start()
+    code, err = finish(importer(small_csv, default_server.port))
+    assert code == 0, err
+    assert "committed" in err
+    client = Client(default_server.port)
+    assert total(client) == SMALL_TOTAL
+    client.close()
+
+
+def test_a_copy_of_the_file_is_the_same_import(small_csv: Path, server: Proc) -> None:
+    server.start()
+    assert finish(importer(small_csv, server.port))[0] == 0
+    copy = small_csv.parent / "copied" / "usage-again.csv"
+    copy.parent.mkdir()
+    shutil.copyfile(small_csv, copy)  # another path, another mtime, the same bytes
+    code, err = finish(importer(copy, server.port))
+    assert code == 0, err
+    assert "already committed" in err
+    client = Client(server.port)
+    assert total(client) == SMALL_TOTAL  # counted once
+    client.close()
+
+
+def test_ctrl_c_says_how_to_resume_and_the_rerun_counts_every_row_once(
+    medium_csv: Path, default_server: Proc
+) -> None:
+    default_server.start()
+    err = interrupt(importer(medium_csv, default_server.port), default_server.port)
+    assert "Traceback" not in err
+    [line] = err.strip().splitlines()
+    assert "interrupted" in line
+    assert "run the same command again to resume" in line
+    code, err = finish(importer(medium_csv, default_server.port))
+    assert code == 0, err
+    check_medium_totals(default_server.port)
+
+
+def test_an_import_begun_under_a_small_limit_resumes_under_a_larger_one(
+    medium_csv: Path, default_server: Proc
+) -> None:
+    default_server.start()
+    interrupt(importer(medium_csv, default_server.port), default_server.port)
+    default_server.start("--max-request-bytes=1048576")
+    code, err = finish(importer(medium_csv, default_server.port))
+    assert code == 0, err  # the stream's chunks keep the size they were begun with
+    check_medium_totals(default_server.port)
+
+
+def test_an_import_begun_under_a_large_limit_is_refused_under_a_smaller_one(
+    medium_csv: Path, default_server: Proc
+) -> None:
+    default_server.start("--max-request-bytes=1048576")
+    # 8 KiB chunks rather than 64 KiB: the import lasts long enough to be interrupted
+    run = importer(medium_csv, default_server.port, "--max-chunk-bytes=8192")
+    interrupt(run, default_server.port)
+    default_server.start()  # back to 4096 bytes: the stream's chunks no longer fit
+    code, err = finish(importer(medium_csv, default_server.port))
+    assert code == 1
+    [line] = err.strip().splitlines()
+    assert "--max-request-bytes" in line
+    default_server.start("--max-request-bytes=1048576")
+    code, err = finish(importer(medium_csv, default_server.port))
+    assert code == 0, err
+    check_medium_totals(default_server.port)
+
+
+def test_a_server_restarted_with_a_smaller_limit_mid_import_stops_it_with_the_limit_to_restore(
+    medium_csv: Path, default_server: Proc
+) -> None:
+    default_server.start("--max-request-bytes=1048576")
+    run = importer(medium_csv, default_server.port, "--max-chunk-bytes=8192", "--retries=50")
+    wait_for_series(default_server.port)
+    default_server.start(same_port=True)  # killed, and back with the default 4096 bytes
+    code, err = finish(run)
+    assert code == 1
+    assert "start it with --max-request-bytes=" in err.strip().splitlines()[-1]
+    default_server.start("--max-request-bytes=1048576")
+    code, err = finish(importer(medium_csv, default_server.port))
+    assert code == 0, err
+    check_medium_totals(default_server.port)
+
+
+def test_a_missing_file_is_one_line_and_exit_status_2(tmp_path: Path) -> None:
+    code, err = finish(importer(tmp_path / "nosuch.csv", free_port()))
+    assert code == 2
+    [line] = err.strip().splitlines()
+    assert "nosuch.csv" in line
+    assert "No such file" in line
+
+
+def test_a_bad_row_is_named_before_anything_is_sent(small_csv: Path, server: Proc) -> None:
+    server.start()
+    with open(small_csv, "a") as handle:
+        handle.write("1,20260501,1\n2,tomorrow,1\n")
+    code, err = finish(importer(small_csv, server.port))
+    assert code == 2
+    assert f"{small_csv}:20003" in err
+    client = Client(server.port)
+    assert client.call("tree.info", series="usage")["error_code"] == "not_found"
     client.close()
