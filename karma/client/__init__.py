@@ -30,11 +30,14 @@ from karma.client.errors import (
     UnsupportedProtocol,
     ValidationError,
 )
+from karma.client.limit_calls import LimitAnswer, LimitItem, Settlement
+from karma.client.reservations import AsyncReservation, Reservation
 from karma.client.sync import Client, Pipeline
 
 __all__ = [
     "AsyncClient",
     "AsyncPipeline",
+    "AsyncReservation",
     "Call",
     "CapacityExceeded",
     "Client",
@@ -47,13 +50,17 @@ __all__ = [
     "KarmaError",
     "KeyTotal",
     "KeysPage",
+    "LimitAnswer",
+    "LimitItem",
     "NotFound",
     "Pipeline",
     "QueryTimeout",
     "ReplicationError",
     "ReplicationGap",
     "RequestTooLarge",
+    "Reservation",
     "ResponseTooLarge",
+    "Settlement",
     "StorageUnavailable",
     "TopItem",
     "TreeInfo",

@@ -11,9 +11,10 @@ from typing import Any, TypeVar
 import anyio
 import anyio.abc
 
-from karma.client import calls
+from karma.client import calls, limit_calls
 from karma.client.calls import Call
 from karma.client.errors import ConnectionFailed, KarmaError
+from karma.client.reservations import AsyncReservation
 from karma.client.verbs import Queues, SendsAsync
 from karma.client.wire import (
     Answer,
@@ -179,6 +180,11 @@ class AsyncClient(SendsAsync):
                 await anyio.sleep(calls.backoff(attempt))
 
     _take = run
+
+    async def reserve(self, *args: Any, **kwargs: Any) -> AsyncReservation:
+        """`limit.reserve` as an async context manager: commits `actual` when the block ends,
+        voids the hold if it raises."""
+        return AsyncReservation(await self.run(limit_calls.reserve(*args, **kwargs)), self)
 
     def pipeline(self) -> AsyncPipeline:
         return AsyncPipeline(self)

@@ -33,6 +33,8 @@ KEYED_OPS = frozenset(
         "tree.delete_range",
     }
 )
+#: Ops identified by a reservation id: a resend replays the first outcome.
+ID_OPS = frozenset({"limit.reserve", "limit.commit", "limit.void"})
 #: Ops that change nothing: always safe to retry.
 READ_OPS = frozenset(
     {
@@ -58,6 +60,9 @@ READ_OPS = frozenset(
         "recovery.status",
         "replication.status",
         "replication.entries",
+        "limit.check",
+        "limit.reservation",
+        "limit.status",
         "idempotency.snapshot_fetch_chunk",
     }
 )
@@ -108,7 +113,7 @@ class Call(Generic[T]):
 
     @property
     def retry_safe(self) -> bool:
-        return self.op in READ_OPS or "idempotency_key" in self.fields
+        return self.op in READ_OPS or self.op in ID_OPS or "idempotency_key" in self.fields
 
     def keyed_for(self, retries: int) -> Call[T]:
         """This call, with a fresh idempotency key if it is a keyable write that may be resent."""

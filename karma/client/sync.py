@@ -11,9 +11,10 @@ import time
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
-from karma.client import calls
+from karma.client import calls, limit_calls
 from karma.client.calls import Call
 from karma.client.errors import ConnectionFailed, KarmaError
+from karma.client.reservations import Reservation
 from karma.client.verbs import Queues, Sends
 from karma.client.wire import (
     Answer,
@@ -192,6 +193,11 @@ class Client(Sends):
                 time.sleep(calls.backoff(attempt))
 
     _take = run
+
+    def reserve(self, *args: Any, **kwargs: Any) -> Reservation:
+        """`limit.reserve` (see `karma.client.limit_calls.reserve`), as a context manager that
+        commits `actual` when its block ends and voids the hold if the block raises."""
+        return Reservation(self.run(limit_calls.reserve(*args, **kwargs)), self)
 
     def pipeline(self) -> Pipeline:
         return Pipeline(self)

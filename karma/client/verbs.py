@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, ParamSpec, Self, TypeVar, overload
 
-from karma.client import calls
+from karma.client import calls, limit_calls
 from karma.client.calls import Call
 
 P = ParamSpec("P")
@@ -95,6 +95,12 @@ class Verbs:
     record_usage = Verb(calls.record_usage)
     usage = Verb(calls.usage)
     usages = Verb(calls.usages)
+    consume = Verb(limit_calls.consume)
+    check = Verb(limit_calls.check)
+    #: the plain call; `Client.reserve` / `AsyncClient.reserve` wrap it in a context manager
+    limit_reserve = Verb(limit_calls.reserve)
+    commit = Verb(limit_calls.commit)
+    void = Verb(limit_calls.void)
 
 
 class Sends(Verbs):
