@@ -216,6 +216,14 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "seconds (a client trickling bytes restarts --read-timeout, not this); 0 disables.",
     ),
     Option(
+        "--slow-request-ms",
+        "KARMA_SLOW_REQUEST_MS",
+        100,
+        parse_count,
+        "Log a request.slow line for, and keep in system.slowlog, every request taking at"
+        " least this many milliseconds (WAL waits included); 0 disables.",
+    ),
+    Option(
         "--query-timeout-ms",
         "KARMA_QUERY_TIMEOUT_MS",
         1000,
@@ -328,6 +336,14 @@ OPTIONS: Final[tuple[Option, ...]] = (
         parse_port,
         "Port of the Prometheus /metrics endpoint; 0 disables it.",
     ),
+    Option(
+        "--ready-max-lag-entries",
+        "KARMA_READY_MAX_LAG_ENTRIES",
+        10000,
+        parse_count,
+        "GET /readyz on the metrics port fails on a replica more than this many WAL entries"
+        " behind its master.",
+    ),
     Option("--log", "KARMA_LOG", True, parse_bool, "Write structured JSON logs to stderr."),
     Option(
         "--log-level",
@@ -362,6 +378,7 @@ class Config:
     read_timeout: float = 5.0
     write_timeout: float = 5.0
     request_line_timeout: float = 10.0
+    slow_request_ms: int = 100
     query_timeout_ms: int = 1000
     shutdown_timeout: float = 5.0
     auth_token: str | None = None
@@ -378,6 +395,7 @@ class Config:
     replication_batch_size: int = 1000
     metrics_bind: str = "127.0.0.1"
     metrics_port: int = 0
+    ready_max_lag_entries: int = 10000
     log: bool = True
     log_level: str = "info"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
 from collections.abc import Callable, Iterator
 from typing import Final, Literal
@@ -80,6 +81,8 @@ class Counters:
     idempotency_latency_ms_last: float = 0.0
     idempotency_latency_ms_total: float = 0.0
     idempotency_events: int = 0
+    #: error answers by (code, op), for karma_errors_total{code,op} on /metrics
+    errors_by: dict[tuple[str, str], int] = attrs.field(factory=dict)
 
     def record_ingest(self, elapsed_ms: float) -> None:
         self.ingest_latency_ms_last = elapsed_ms
@@ -95,6 +98,12 @@ class Counters:
     def average(total: float, count: int) -> float:
         return round(total / count, 4) if count else 0.0
 
+    def record_error(self, code: str, op: str) -> None:
+        """One error answer, by code and op ("-" when the line named no known op): both label
+        sets are closed (the error code table and the op table), so the series stay bounded."""
+        key = (code, op)
+        self.errors_by[key] = self.errors_by.get(key, 0) + 1
+
     def record(self, elapsed_ms: float, *, failed: bool, op: str = "") -> None:
         if op:
             histogram = self.latency_by_op.get(op)
@@ -106,6 +115,33 @@ class Counters:
         self.latency_ms_last = elapsed_ms
         if failed:
             self.error_count += 1
+
+
+@attrs.define(eq=False, slots=True)
+class SlowLog:
+    """The newest slow requests (Redis's SLOWLOG): a bounded ring, oldest dropped first."""
+
+    size: int = 128
+    _entries: collections.deque[dict[str, object]] = attrs.field(
+        factory=lambda: collections.deque(maxlen=128)
+    )
+    total: int = 0
+
+    def record(self, op: str, duration_ms: float, at_unix: float, *, failed: bool) -> None:
+        self.total += 1
+        self._entries.append(
+            {
+                "id": self.total,
+                "op": op,
+                "duration_ms": round(duration_ms, 3),
+                "at_unix": int(at_unix),
+                "failed": failed,
+            }
+        )
+
+    def entries(self, limit: int | None) -> dict[str, object]:
+        newest = list(reversed(self._entries))[: limit or self.size]
+        return {"total": self.total, "entries": newest}
 
 
 @attrs.define(eq=False)
@@ -121,6 +157,8 @@ class NodeStatus:
     wal_current_lsn: int = 0
     dump_count: int = 0
     last_snapshot_lsn: int = 0
+    #: the client port accepts connections (restore is done): readiness starts here
+    listening: bool = False
     #: What the data directory refuses now, by kind, newest last; a kind is cleared by its
     #: next successful write. Kinds are kept apart because an immutable directory still takes
     #: appends to the open karma.wal while refusing every new file: one success must not hide

@@ -13,6 +13,31 @@ def replayed_lsn(status: NodeStatus) -> int:
     return status.wal_current_lsn if status.role == "slave" else 0
 
 
+def readiness(status: NodeStatus, max_lag_entries: int) -> str | None:
+    """Why this node should not get traffic yet, or None when it should (GET /readyz).
+
+    Ready means: restored and listening; the data directory takes writes; and on a replica,
+    caught up with a successful poll and at most `max_lag_entries` behind its master.
+    """
+    if not status.listening:
+        return "not listening yet (restoring)"
+    if status.storage_error is not None:
+        return f"storage: {status.storage_error}"
+    if status.role == "slave":
+        replication = status.replication
+        if not replication.poll.successes:
+            return "replica: not bootstrapped from its master yet"
+        lag = max(0, replication.source_lsn - replayed_lsn(status))
+        if lag > max_lag_entries:
+            return f"replica: {lag} entries behind its master (bound {max_lag_entries})"
+    return None
+
+
+def writable_primary(status: NodeStatus, max_lag_entries: int) -> bool:
+    """GET /primary: 200 only where writes are taken (HAProxy and old clients find it)."""
+    return status.role == "master" and readiness(status, max_lag_entries) is None
+
+
 def health(status: NodeStatus, now: float) -> dict[str, object]:
     answer: dict[str, object] = {
         "status": "ok",

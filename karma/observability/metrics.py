@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -28,13 +28,18 @@ Stats = Callable[[], dict[str, object]]
 class KarmaCollector(Collector):
     """karma 1.0's metric families, from a fresh `system.stats` snapshot."""
 
-    def __init__(self, stats: Stats) -> None:
+    def __init__(self, stats: Stats, errors_by: Counters | None = None) -> None:
         self.stats = stats
+        #: on /metrics, karma_errors_total carries {code,op} (the same total, split);
+        #: system.metrics keeps karma 1.0's unlabelled family
+        self.errors_by = errors_by
 
     def collect(self) -> Iterator[Metric]:
         values = self.stats()
         for name, kind, help_text, field in METRICS:
-            if field == "role":
+            if field == "error_count" and self.errors_by is not None:
+                yield _errors_by_code(name, help_text, self.errors_by)
+            elif field == "role":
                 role = GaugeMetricFamily(name, help_text, labels=["role"])
                 role.add_metric([str(values["role"])], 1)
                 yield role
@@ -111,14 +116,25 @@ def _number(value: object) -> float:
     return float(value) if isinstance(value, int | float) else 0.0
 
 
-def karma_registry(stats: Stats) -> CollectorRegistry:
+def _errors_by_code(name: str, help_text: str, counters: Counters) -> Metric:
+    family = CounterMetricFamily(
+        name.removesuffix("_total"), help_text + ", by error code and op", labels=["code", "op"]
+    )
+    for (code, op), count in sorted(counters.errors_by.items()):
+        family.add_metric([code, op], count)
+    return family
+
+
+def karma_registry(stats: Stats, errors_by: Counters | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(KarmaCollector(stats))
+    registry.register(KarmaCollector(stats, errors_by))
     return registry
 
 
 def full_registry(stats: Stats, counters: Counters, status: NodeStatus) -> CollectorRegistry:
-    registry = karma_registry(stats)
+    registry = karma_registry(stats, counters)
+    # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
+    ProcessCollector(registry=registry)
     registry.register(LatencyCollector(counters))
     registry.register(StorageCollector(status))
     registry.register(ServerCollector(counters))

@@ -51,6 +51,7 @@ SPECS: Final[tuple[OpSpec, ...]] = (
     OpSpec(r.Stats, "stats", R),
     OpSpec(r.Metrics, "metrics", R),
     OpSpec(r.SystemCompact, "compact", W),
+    OpSpec(r.SlowLog, "slowlog", R),
     OpSpec(r.TreeList, "trees", R),
     OpSpec(r.TreeCreate, "create", W),
     OpSpec(r.TreeDrop, "drop", W),

@@ -86,6 +86,15 @@ class SystemCompact(Request, tag="system.compact", frozen=True, kw_only=True):
     pass
 
 
+class SlowLog(Request, tag="system.slowlog", frozen=True, kw_only=True):
+    """The newest requests slower than --slow-request-ms (karma-trio's, like Redis SLOWLOG)."""
+
+    limit: int | UnsetType = UNSET
+
+    def check(self) -> None:
+        f.check_limit(opt(self.limit), default=128, maximum=128)
+
+
 # --- series (tree) --------------------------------------------------------------------------
 class TreeList(Request, tag="tree.list", frozen=True, kw_only=True):
     pass
@@ -573,6 +582,7 @@ AnyRequest = (
     | Stats
     | Metrics
     | SystemCompact
+    | SlowLog
     | TreeList
     | TreeCreate
     | TreeDrop

@@ -32,7 +32,7 @@ from karma.server import limit_ops, systemd
 from karma.server.accept import AcceptFailures, listen, serve_listeners
 from karma.server.connections import Drain, serve_connection
 from karma.server.follower_task import Follower
-from karma.server.metrics_http import serve_metrics
+from karma.server.metrics_http import Probes, serve_metrics
 from karma.server.node import Node
 from karma.server.snapshotter import Snapshotter
 from karma.server.wal_writer import WalWriter
@@ -137,7 +137,13 @@ async def serve(
             if config.metrics_port:
                 registry = metrics.full_registry(node.stats_values, engine.counters, status)
                 await services.start(
-                    serve_metrics, registry, config.metrics_bind, config.metrics_port, log, failures
+                    serve_metrics,
+                    registry,
+                    config.metrics_bind,
+                    config.metrics_port,
+                    log,
+                    failures,
+                    Probes(status, config.ready_max_lag_entries),
                 )
             if config.role is Role.SLAVE and config.replication_source_host:
                 follower = Follower(config, directory, engine, status, writer, log)
@@ -167,9 +173,11 @@ async def serve(
                         keys=engine.store.key_count,
                         lsn=status.wal_current_lsn,
                     )
+                    status.listening = True
                     task_status.started(listeners)
                     systemd.notify("READY=1")
                     await shutdown.wait()
+                    status.listening = False
                     systemd.notify("STOPPING=1")
                     log.info("server.stopping", open_connections=len(connections.child_tasks))
                     accepting.cancel_scope.cancel()

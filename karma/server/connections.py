@@ -138,6 +138,7 @@ async def serve_connection(node: Node, drain: Drain, stream: trio.SocketStream) 
                     )
                     out.append(envelope.encode_error(error))
                     node.engine.counters.record(0.0, failed=True)
+                    node.engine.counters.record_error(str(ErrorCode.REQUEST_TOO_LARGE), "-")
                 if out:
                     # inline rather than `await send(...)`: most answers leave in this one call
                     payload = out[0] if len(out) == 1 else b"".join(out)

@@ -1,4 +1,10 @@
-"""`GET /metrics` for Prometheus, served by a task of the main nursery.
+"""The metrics port: `GET /metrics` for Prometheus, and probes for orchestrators and proxies.
+
+- `/healthz`: 200 while the process runs (a liveness probe: restart me if this fails);
+- `/readyz`: 200 once restored and listening, while the data directory takes writes, and on a
+  replica while it is caught up within --ready-max-lag-entries; else 503 with the reason;
+- `/primary`: 200 only on a writable master (HAProxy's `option httpchk GET /primary` sends
+  writes, and unchanged karma 1.0 clients, to the right node).
 
 Scrapes run on the event-loop thread, between requests, so counters are read while nothing
 changes them. A tiny HTTP/1.1 responder is enough: Prometheus sends one GET per connection.
@@ -8,14 +14,29 @@ from __future__ import annotations
 
 from functools import partial
 
+import attrs
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
+from karma.core import report
+from karma.core.counters import NodeStatus
 from karma.observability.logs import Logger
 from karma.observability.metrics import exposition
 from karma.server.accept import AcceptFailures, listen, serve_listeners
 
 MAX_HEADER_BYTES = 16384
+
+
+@attrs.frozen
+class Probes:
+    status: NodeStatus
+    max_lag_entries: int
+
+    def not_ready(self) -> str | None:
+        return report.readiness(self.status, self.max_lag_entries)
+
+    def primary(self) -> bool:
+        return report.writable_primary(self.status, self.max_lag_entries)
 
 
 async def serve_metrics(
@@ -24,6 +45,7 @@ async def serve_metrics(
     port: int,
     log: Logger,
     failures: AcceptFailures,
+    probes: Probes,
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -32,10 +54,10 @@ async def serve_metrics(
     log.info("metrics.started", bind=host, port=bound)
     task_status.started(bound)
     async with trio.open_nursery() as scrapes:
-        await serve_listeners(partial(_answer, registry), listeners, scrapes, failures)
+        await serve_listeners(partial(_answer, registry, probes), listeners, scrapes, failures)
 
 
-async def _answer(registry: CollectorRegistry, stream: trio.SocketStream) -> None:
+async def _answer(registry: CollectorRegistry, probes: Probes, stream: trio.SocketStream) -> None:
     async with stream:
         head = b""
         with trio.move_on_after(5):
@@ -45,10 +67,17 @@ async def _answer(registry: CollectorRegistry, stream: trio.SocketStream) -> Non
                     break
                 head += chunk
         request_line = head.split(b"\r\n", 1)[0].split()
+        path = request_line[1].split(b"?", 1)[0] if len(request_line) >= 2 else b""
         if len(request_line) < 2 or request_line[0] not in (b"GET", b"HEAD"):
             await _send(stream, b"405 Method Not Allowed", b"text/plain", b"GET /metrics\n")
-        elif request_line[1].split(b"?", 1)[0] != b"/metrics":
-            await _send(stream, b"404 Not Found", b"text/plain", b"try /metrics\n")
+        elif path in _PROBES:
+            ok, text = _PROBES[path](probes)
+            status = b"200 OK" if ok else b"503 Service Unavailable"
+            await _send(stream, status, b"text/plain", text.encode() + b"\n")
+        elif path != b"/metrics":
+            await _send(
+                stream, b"404 Not Found", b"text/plain", b"try /metrics /healthz /readyz /primary\n"
+            )
         else:
             body = exposition(registry)
             await _send(
@@ -81,3 +110,21 @@ async def _send(
             await stream.send_all(head + body)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
+
+
+def _healthz(probes: Probes) -> tuple[bool, str]:
+    return True, "ok"
+
+
+def _readyz(probes: Probes) -> tuple[bool, str]:
+    reason = probes.not_ready()
+    return reason is None, reason or "ready"
+
+
+def _primary(probes: Probes) -> tuple[bool, str]:
+    if probes.primary():
+        return True, "primary"
+    return False, f"not a writable primary (role {probes.status.role})"
+
+
+_PROBES = {b"/healthz": _healthz, b"/readyz": _readyz, b"/primary": _primary}

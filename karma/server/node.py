@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -27,7 +28,7 @@ from karma.config import Config, Role
 from karma.core import mutations as m
 from karma.core import report
 from karma.core.budget import AnyBudget, Budget, Unlimited
-from karma.core.counters import NodeStatus
+from karma.core.counters import NodeStatus, SlowLog
 from karma.core.engine import ENGINE_READS, SCANNING_READS, WRITES, Engine, Immediate
 from karma.errors import ErrorCode, KarmaError
 from karma.observability import metrics
@@ -54,7 +55,8 @@ class Waiting:
     def answer(self) -> bytes:
         pending = self.pending
         failed = pending.error is not None
-        self.node.record(self.started, failed=failed, request=self.request)
+        code = None if pending.error is None else pending.error.code
+        self.node.record(self.started, failed=failed, request=self.request, code=code)
         if pending.error is not None:
             return envelope.encode_error(pending.error)
         return envelope.encode_ok_checked(pending.response, self.node.config.max_response_bytes)
@@ -76,6 +78,9 @@ class Node:
     karma_metrics: CollectorRegistry = attrs.field(init=False)
     _files: trio.CapacityLimiter = attrs.field(init=False, factory=lambda: trio.CapacityLimiter(2))
     _second: int = attrs.field(init=False, default=-1)
+    #: --slow-request-ms in ms (inf: off), and the newest slow requests (system.slowlog)
+    slow_ms: float = attrs.field(init=False, default=float("inf"))
+    slowlog: SlowLog = attrs.field(init=False, factory=SlowLog)
     _today: int = attrs.field(init=False, default=0)
 
     def __attrs_post_init__(self) -> None:
@@ -86,6 +91,8 @@ class Node:
             slave=self.config.role is Role.SLAVE,
         )
         self.directory = Path(self.config.directory).resolve()
+        if self.config.slow_request_ms:
+            self.slow_ms = float(self.config.slow_request_ms)
 
     # --- entry points --------------------------------------------------------------------------
     def decode(self, line: bytes) -> r.Request | bytes:
@@ -94,6 +101,7 @@ class Node:
             return decode(line, self.gate)
         except KarmaError as exc:
             self.engine.counters.record(0.0, failed=True)
+            self.engine.counters.record_error(str(exc.code), _op_of(line))
             return envelope.encode_error(exc)
 
     @staticmethod
@@ -134,6 +142,8 @@ class Node:
                 return await self._keyed_write(request, started)
             if cls in _SEQUENTIAL:
                 response = await self._write_and_wait(request)
+                if cls in _STREAM_STEPS:  # one line per stream step: imports are traceable
+                    self._log_stream(request, response)
             else:
                 response = await _ASYNC_BY_CLASS[cls](self, request)
         except KarmaError as exc:
@@ -148,25 +158,51 @@ class Node:
         return request if isinstance(request, bytes) else self.handle(request)
 
     # --- bookkeeping ---------------------------------------------------------------------------
-    def record(self, started: float, *, failed: bool, request: r.Request | None = None) -> None:
+    def record(
+        self,
+        started: float,
+        *,
+        failed: bool,
+        request: r.Request | None = None,
+        code: ErrorCode | None = None,
+    ) -> None:
         elapsed_ms = (time.perf_counter() - started) * 1000
         if request is None:
             self.engine.counters.record(elapsed_ms, failed=failed)
             return
         cls = type(request)
-        self.engine.counters.record(elapsed_ms, failed=failed, op=optable.TAG_BY_CLASS[cls])
+        op = optable.TAG_BY_CLASS[cls]
+        self.engine.counters.record(elapsed_ms, failed=failed, op=op)
+        if failed:
+            self._failed(op, ErrorCode.INTERNAL_ERROR if code is None else code)
         if cls in _INGEST_CLASSES:
             self.engine.counters.record_ingest(elapsed_ms)
+        if elapsed_ms >= self.slow_ms:  # one comparison per request; inf when disabled
+            self.slowlog.record(op, elapsed_ms, time.time(), failed=failed)
+            self.log.warning("request.slow", op=op, duration_ms=round(elapsed_ms, 3))
+
+    def _log_stream(self, request: r.Request, response: object) -> None:
+        fields = response if isinstance(response, dict) else {"response": response}
+        step = optable.TAG_BY_CLASS[type(request)].removeprefix("ingest.")
+        self.log.info(
+            f"ingest.{step}",
+            **{"stream_id": getattr(request, "stream_id", None), **fields},
+        )
+
+    def _failed(self, op: str, code: ErrorCode) -> None:
+        self.engine.counters.record_error(str(code), op)
+        # client mistakes are the client's business: visible at debug, counted always
+        self.log.debug("request.failed", op=op, code=str(code))
 
     def _refuse(self, exc: KarmaError, started: float, request: r.Request) -> bytes:
         if exc.code is ErrorCode.QUERY_TIMEOUT:
             self.engine.counters.query_timeout_count += 1
-        self.record(started, failed=True, request=request)
+        self.record(started, failed=True, request=request, code=exc.code)
         return envelope.encode_error(exc)
 
     def _bug(self, exc: Exception, request: r.Request, started: float) -> bytes:
         self.log.error("internal_error", error=repr(exc), op=r.op_tag(type(request)))
-        self.record(started, failed=True, request=request)
+        self.record(started, failed=True, request=request, code=ErrorCode.INTERNAL_ERROR)
         return envelope.encode_error(KarmaError.internal())
 
     # --- writes --------------------------------------------------------------------------------
@@ -268,6 +304,9 @@ class Node:
 
     def ping(self, req: r.Ping) -> object:
         return "pong"
+
+    def slowlog_entries(self, req: r.SlowLog) -> object:
+        return self.slowlog.entries(r.opt(req.limit))
 
     def health(self, req: r.Health) -> object:
         return report.health(self.status, time.time())
@@ -523,6 +562,18 @@ def _entries_byte_limit(max_response_bytes: int) -> int:
     return (max_response_bytes or 1048576) - 2048
 
 
+_OP_FIELD: Final = re.compile(rb'"op"\s*:\s*"([a-z_]{1,40}\.[a-z_]{1,40})"')
+
+
+def _op_of(line: bytes) -> str:
+    """The op a refused line named, if it is a known one: the label set stays the op table."""
+    found = _OP_FIELD.search(line)
+    if found is None:
+        return "-"
+    op = found.group(1).decode()
+    return op if op in optable.CLASS_BY_TAG else "-"
+
+
 def _memory_bytes() -> int:
     try:
         with open("/proc/self/statm", "rb") as handle:
@@ -535,6 +586,7 @@ _UNLIMITED: Final = Unlimited()
 
 _SHELL: Final[dict[type, Callable[[Node, Any], object]]] = {
     r.Ping: Node.ping,
+    r.SlowLog: Node.slowlog_entries,
     r.Health: Node.health,
     r.Stats: Node.stats,
     r.Metrics: Node.metrics,
@@ -561,6 +613,7 @@ _ASYNC: Final[dict[type, Callable[[Node, Any], Awaitable[object]]]] = {
 _SEQUENTIAL: Final = frozenset(
     {r.IngestBegin, r.IngestChunk, r.IngestCommit, r.IngestAbort, r.IdempotencyPrune}
 )
+_STREAM_STEPS: Final = frozenset({r.IngestBegin, r.IngestCommit, r.IngestAbort})
 _SHELL_BY_CLASS: Final = optable.by_class(_SHELL)
 _ASYNC_BY_CLASS: Final = optable.by_class(_ASYNC)
 _ASYNC_OR_SEQUENTIAL: Final = (

@@ -36,6 +36,7 @@ VALID: dict[str, dict[str, Any]] = {
     "system.stats": {},
     "system.metrics": {},
     "system.compact": {},
+    "system.slowlog": {"limit": 5},
     "tree.list": {},
     "tree.create": {"series": "a"},
     "tree.drop": {"series": "a"},
