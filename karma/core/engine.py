@@ -169,6 +169,7 @@ class Engine:
         is older than the entry; holds, settlements and records only where the limits sidecar
         is."""
         adds = [add for add in _limit_adds(mutation) if series_behind(add[0])]
+        self.check_adds(adds)  # as when it was applied live: all or nothing
         self._add_all(adds)
         if not state_effect:
             return

@@ -241,6 +241,8 @@ class Limits:
 
     def apply_settle(self, mutation: m.LimitSettle) -> None:
         self.entries += 1
+        if mutation.outcome == "expired" and mutation.id not in self.holds:
+            return  # settled meanwhile (a late commit): an expiry only ends an open hold
         hold = self.holds.pop(mutation.id, None)
         previous = self.settled.get(mutation.id)
         if hold is not None:

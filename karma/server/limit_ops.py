@@ -488,8 +488,8 @@ async def expire_holds(node: Node) -> None:
         await trio.sleep(min(wait, 1.0))  # new holds may expire sooner than the one we knew
         for hold in limits.overdue(_now_ms()):
             claim = f"id:{hold.id}"
-            if claim in node.inflight:
-                continue  # a commit or void is settling it right now
+            if claim in node.inflight or hold.id not in limits.holds:
+                continue  # a commit or void is settling it, or did while we wrote another
             _, now = node.clock()
             try:
                 await _settle(node, claim, _expiry(hold.id, now))
