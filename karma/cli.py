@@ -34,6 +34,8 @@ class ExitCode(IntEnum):
 SUBCOMMANDS: Final[dict[str, tuple[str, str, str]]] = {
     "ingest": ("karma.importer", "FILE.csv --series S", "stream a CSV into a series, resumably"),
     "cli": ("karma.tools.cli_client", "[COMMAND]", "send commands, or an interactive prompt"),
+    "check": ("karma.tools.check", "DIR", "verify a data directory offline, changing nothing"),
+    "backup": ("karma.tools.backup", "[DIR] DEST", "snapshot a running server, copy the files"),
 }
 
 
