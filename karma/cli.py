@@ -18,6 +18,7 @@ from typing import Final
 
 import trio
 
+import karma
 from karma import config as cfg
 from karma.observability.logs import Logger
 from karma.server.app import StartupError, serve
@@ -36,6 +37,7 @@ SUBCOMMANDS: Final[dict[str, tuple[str, str, str]]] = {
     "cli": ("karma.tools.cli_client", "[COMMAND]", "send commands, or an interactive prompt"),
     "check": ("karma.tools.check", "DIR", "verify a data directory offline, changing nothing"),
     "backup": ("karma.tools.backup", "[DIR] DEST", "snapshot a running server, copy the files"),
+    "print-unit": ("karma.tools.unit", "[--env]", "print the systemd unit (or its env file)"),
 }
 
 
@@ -44,6 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args and args[0] in SUBCOMMANDS:
         run: Callable[[list[str]], int] = importlib.import_module(SUBCOMMANDS[args[0]][0]).main
         return run(args[1:])
+    if args and args[0] == "--version":
+        print(f"karma-trio {karma.__version__}")
+        return ExitCode.OK
     if args and args[0] == "serve":
         args = args[1:]
     try:
@@ -91,5 +96,6 @@ def startup_failure(exc: BaseException) -> str | None:
 def subcommands_help() -> str:
     rows = [("serve [OPTIONS]", "run the server (the default)")]
     rows += [(f"{name} {arguments}", what) for name, (_, arguments, what) in SUBCOMMANDS.items()]
+    rows.append(("--version", "print the version"))
     lines = ["", "Subcommands (karma-trio SUBCOMMAND --help):"]
     return "\n".join(lines + [f"  {command:<32} {what}" for command, what in rows])
