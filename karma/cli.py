@@ -1,20 +1,24 @@
-"""`karma-trio [serve] [--option=value ...]`: parse the configuration, run the server.
+"""`karma-trio [serve] [--option=value ...]`: parse the configuration, run the server; or one of
+the other subcommands (`karma-trio SUBCOMMAND --help`), each a module of its own.
 
-Exit codes: 0 after a clean stop, 1 when the server cannot start (the data directory cannot be
-used, an address is in use or does not resolve), 2 for a bad configuration (one line naming the
-option; nothing is started).
+Exit codes of `serve`: 0 after a clean stop, 1 when the server cannot start (the data directory
+cannot be used, an address is in use or does not resolve), 2 for a bad configuration (one line
+naming the option; nothing is started). The operator tools' codes are in karma.tools.session.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import IntEnum
 from functools import partial
+from typing import Final
 
 import trio
 
+import karma
 from karma import config as cfg
 from karma.observability.logs import Logger
 from karma.server.app import StartupError, serve
@@ -26,18 +30,32 @@ class ExitCode(IntEnum):
     BAD_CONFIG = 2  # an option or environment variable has a bad value
 
 
+#: subcommand → (module whose `main(argv) -> int` runs it, its arguments, what it does). Imported
+#: only when named: the server never loads the tools.
+SUBCOMMANDS: Final[dict[str, tuple[str, str, str]]] = {
+    "ingest": ("karma.importer", "FILE.csv --series S", "stream a CSV into a series, resumably"),
+    "cli": ("karma.tools.cli_client", "[COMMAND]", "send commands, or an interactive prompt"),
+    "check": ("karma.tools.check", "DIR", "verify a data directory offline, changing nothing"),
+    "backup": ("karma.tools.backup", "[DIR] DEST", "snapshot a running server, copy the files"),
+    "print-unit": ("karma.tools.unit", "[--env]", "print the systemd unit (or its env file)"),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] == "ingest":
-        from karma import importer
-
-        return importer.main(args[1:])
+    if args and args[0] in SUBCOMMANDS:
+        run: Callable[[list[str]], int] = importlib.import_module(SUBCOMMANDS[args[0]][0]).main
+        return run(args[1:])
+    if args and args[0] == "--version":
+        print(f"karma-trio {karma.__version__}")
+        return ExitCode.OK
     if args and args[0] == "serve":
         args = args[1:]
     try:
         config = cfg.load(args, os.environ)
     except cfg.HelpRequested:
         print(cfg.help_text())
+        print(subcommands_help())
         return ExitCode.OK
     except cfg.ConfigError as exc:
         print(f"karma-trio: error: {exc}", file=sys.stderr)
@@ -73,3 +91,11 @@ def startup_failure(exc: BaseException) -> str | None:
     if isinstance(exc, StartupError | OSError):
         return str(exc)
     return None
+
+
+def subcommands_help() -> str:
+    rows = [("serve [OPTIONS]", "run the server (the default)")]
+    rows += [(f"{name} {arguments}", what) for name, (_, arguments, what) in SUBCOMMANDS.items()]
+    rows.append(("--version", "print the version"))
+    lines = ["", "Subcommands (karma-trio SUBCOMMAND --help):"]
+    return "\n".join(lines + [f"  {command:<32} {what}" for command, what in rows])

@@ -436,15 +436,14 @@ def load(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
 
 
 def help_text() -> str:
-    lines = ["usage: karma-trio [OPTION=VALUE ...]", "", "Options (environment variable, default):"]
+    lines = [
+        "usage: karma-trio [serve] [OPTION=VALUE ...]",
+        "",
+        "Options (environment variable, default):",
+    ]
     for option in OPTIONS:
         lines.append(f"  {option.flag}=VALUE")
         lines.append(f"      {option.help} [{option.env}, default {option.default_text}]")
-    lines += [
-        "",
-        "Subcommands: serve [OPTIONS] (the default);",
-        "             ingest FILE.csv --series S [--mode add|set|replace_series] (ingest --help)",
-    ]
     return "\n".join(lines)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from karma.tools import unit as unit_file
 from tests.helpers import GOLDEN
 from tests.process.proc import Client, Proc, free_port
 
@@ -116,7 +117,7 @@ def test_systemd_hears_ready_after_the_port_opens_and_stopping_on_sigterm(
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_the_unit_file_verifies(tmp_path: Path) -> None:
-    unit = (OPS / "karma-trio.service").read_text()
+    unit = unit_file.read("karma-trio.service")
     binary = str(Path(sys.executable).with_name("karma-trio"))
     installed = tmp_path / "karma-trio.service"
     installed.write_text(unit.replace("/opt/karma-trio/bin/karma-trio", binary))
