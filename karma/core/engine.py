@@ -190,9 +190,14 @@ class Engine:
         else:
             self.limits.apply_settle(mutation)
 
-    def limits_document(self) -> bytes:
-        """`karma.limits.json`: holds, settled ids and the limit ops' idempotency records."""
+    def limits_document(self, last_lsn: int) -> bytes:
+        """`karma.limits.json`: holds, settled ids and the limit ops' idempotency records, as
+        of WAL entry `last_lsn`."""
         document = self.limits.documents()
+        # The LSN is in the document as well as in its .meta.json: the two files are replaced
+        # one after the other, so after a kill in between only the document's own LSN says
+        # which WAL entries it already holds (recovery._load_limits).
+        document["last_lsn"] = last_lsn
         document["records"] = [
             record.document()
             for record in self.idempotency.records.values()

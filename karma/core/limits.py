@@ -104,6 +104,8 @@ class Limits:
     _pending: dict[int, tuple[list[m.Add], list[m.Add]]] = attrs.field(factory=dict)
     _pending_adds: dict[Pair, list[tuple[int, int, int]]] = attrs.field(factory=dict)
     _pending_holds: dict[Pair, list[tuple[int, int, int]]] = attrs.field(factory=dict)
+    #: hold id → the adds of its commit, decided but not yet applied (see `_held_in`)
+    _settling: dict[str, list[m.Add]] = attrs.field(factory=dict)
     #: limit.* effects applied since start (live, replayed or replicated)
     entries: int = 0
 
@@ -158,7 +160,17 @@ class Limits:
         for hold_id, parts in self._held.get(pair, {}).items():
             if self.holds[hold_id].expires_at_ms <= now_ms:
                 continue  # overdue: every node ignores it, before the master writes the expiry
-            held += sum(amount for bucket, amount in parts if first <= bucket <= last)
+            amount = sum(amount for bucket, amount in parts if first <= bucket <= last)
+            settling = self._settling.get(hold_id)
+            if settling is not None:
+                # Its commit is on its way to disk, and that pending add (counted in `used`)
+                # replaces the hold: counting both would make used + held pass max, and deny
+                # requests (for good, when keyed) that fit whether the commit lands or not.
+                # The hold still counts for what the commit does not add, so the sum is
+                # max(hold, add): enough for either outcome of the write.
+                added = sum(a for s, k, b, a in settling if (s, k) == pair and first <= b <= last)
+                amount = max(0, amount - added)
+            held += amount
         for _token, bucket, amount in self._pending_holds.get(pair, ()):
             if first <= bucket <= last:
                 held += amount
@@ -186,6 +198,8 @@ class Limits:
             return
         token = id(mutation)
         self._pending[token] = (adds, holds)
+        if isinstance(mutation, m.LimitSettle):
+            self._settling[mutation.id] = adds
         for series, key, bucket, amount in adds:
             self._pending_adds.setdefault((series, key), []).append((token, bucket, amount))
         for series, key, bucket, amount in holds:
@@ -197,6 +211,8 @@ class Limits:
         found = self._pending.pop(token, None)
         if found is None:
             return
+        if isinstance(mutation, m.LimitSettle):
+            self._settling.pop(mutation.id, None)
         adds, holds = found
         for table, parts in ((self._pending_adds, adds), (self._pending_holds, holds)):
             for series, key, _bucket, _amount in parts:

@@ -488,8 +488,14 @@ async def expire_holds(node: Node) -> None:
         await trio.sleep(min(wait, 1.0))  # new holds may expire sooner than the one we knew
         for hold in limits.overdue(_now_ms()):
             claim = f"id:{hold.id}"
-            if claim in node.inflight or hold.id not in limits.holds:
-                continue  # a commit or void is settling it, or did while we wrote another
+            if claim in node.inflight:
+                continue  # a commit or void is settling it right now
+            # The list was taken before this loop's first await: a commit or void may have
+            # settled this hold since. An expiry written after it would overwrite the
+            # acknowledged outcome with "expired", and a retried commit would then record
+            # its usage a second time (found by tests/process/test_limits_race.py).
+            if hold.id not in limits.holds:
+                continue
             _, now = node.clock()
             try:
                 await _settle(node, claim, _expiry(hold.id, now))

@@ -47,12 +47,13 @@ class Snapshotter:
         """Synchronous: every named series (default: all) at the same LSN."""
         store = self.engine.store
         chosen = list(store.series) if names is None else names
+        lsn = self.status.wal_current_lsn
         return Cut(
-            lsn=self.status.wal_current_lsn,
+            lsn=lsn,
             timestamp=int(time.time()),
             series={name: snapshot_codec.encode_series(store.series[name]) for name in chosen},
             idempotency=self.engine.idempotency_document(snapshot_codec.encode_series),
-            limits=self.engine.limits_document(),
+            limits=self.engine.limits_document(lsn),
         )
 
     async def create_all(self, reason: str) -> None:

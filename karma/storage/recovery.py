@@ -248,7 +248,11 @@ def _load_limits(directory: Path, engine: Engine) -> int:
     if not isinstance(document, dict):
         raise RestoreError(f"{path}: not a limits snapshot")
     engine.load_limits(document)
-    last = meta.get("last_lsn")
+    # The document's own LSN first: its .meta.json is replaced after it, so a kill in between
+    # leaves a newer document beside an older meta, and replaying the WAL from the older LSN
+    # would add holds the document already has a second time (counted twice in every
+    # decision). Documents written before the LSN was put in them have only the meta's.
+    last = document.get("last_lsn", meta.get("last_lsn"))
     return last if isinstance(last, int) else 0
 
 

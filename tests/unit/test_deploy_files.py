@@ -52,7 +52,8 @@ def test_the_unit_is_hardened_and_binds_loopback_unless_configured() -> None:
 
 def test_the_unit_exists_once_in_the_repository() -> None:
     root = Path(__file__).resolve().parents[2]
-    skipped = {".venv", ".git", "build", "dist", ".build"}  # environments, build output, bench trees
+    # environments, build output and benchmark checkouts
+    skipped = {".venv", ".git", "build", "dist", ".build"}
     copies = [p for p in root.rglob("karma-trio.service") if not skipped & set(p.parts)]
     assert [p.relative_to(root) for p in copies] == [Path("karma/ops_data/karma-trio.service")]
 
