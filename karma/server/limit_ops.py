@@ -462,6 +462,9 @@ async def snapshot_fetch_chunk(node: Node, req: lr.LimitSnapshotFetchChunk) -> b
         data = await trio.to_thread.run_sync(files.read_regular, path)
     except OSError as exc:
         raise KarmaError(ErrorCode.NOT_FOUND, "Limits snapshot not found") from exc
+    # the document, not its sidecar, is what is sent: a kill between writing the two leaves a
+    # stale size there, which would stall every replica's bootstrap until the next snapshot
+    meta["bytes"] = len(data)
     offset = opt(req.offset) or 0
     limit = opt(req.limit) or 1_048_576 // 2
     piece = data[offset : offset + limit]
