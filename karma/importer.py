@@ -101,32 +101,68 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait per answer")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument(
+        "--progress-every",
+        type=int,
+        default=100,
+        metavar="N",
+        help="when stderr is not a terminal, a progress line every N chunks (default 100)",
+    )
     return parser.parse_args(argv)
 
 
 class Progress:
-    def __init__(self, stream: TextIO, enabled: bool) -> None:
-        self.stream, self.enabled = stream, enabled and stream.isatty()
+    """What the import has sent: a bar on a terminal, a plain line every `every` chunks
+    otherwise (a log file or a CI job should not fill with carriage returns)."""
+
+    BAR = 30
+
+    def __init__(
+        self, stream: TextIO, enabled: bool, total_rows: int = 0, every: int = 100
+    ) -> None:
+        self.stream, self.enabled = stream, enabled
+        self.terminal = enabled and stream.isatty()
+        self.total, self.every = total_rows, every
         self.started = time.monotonic()
         self.rows = 0
+        self.chunks = 0
         self.shown = False
 
     def update(self, rows: int, chunk_seq: int) -> None:
         self.rows += rows
-        if self.enabled:
-            elapsed = max(time.monotonic() - self.started, 1e-9)
-            self.stream.write(
-                f"\r  chunk {chunk_seq:>7}  {self.rows:>12,} rows  "
-                f"{self.rows / elapsed:>10,.0f} rows/s"
-            )
-            self.stream.flush()
+        self.chunks += 1
+        if not self.enabled:
+            return
+        if self.terminal:
+            self.stream.write("\r" + self.line(chunk_seq))
             self.shown = True
+        elif self.chunks % self.every == 0:
+            self.stream.write(self.line(chunk_seq) + "\n")
+        else:
+            return
+        self.stream.flush()
+
+    def line(self, chunk_seq: int) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        rate = self.rows / elapsed
+        text = f"chunk {chunk_seq:>7}  {self.rows:>12,} rows  {rate:>10,.0f} rows/s"
+        if not self.total:
+            return "  " + text
+        done = min(1.0, self.rows / self.total)
+        left = (self.total - self.rows) / rate if rate > 0 and self.rows < self.total else 0.0
+        bar = "#" * int(done * self.BAR) + "-" * (self.BAR - int(done * self.BAR))
+        return f"  [{bar}] {done:>6.1%}  {text}  ETA {_duration(left)}"
 
     def done(self) -> float:
         if self.shown:
             self.stream.write("\n")
             self.shown = False
         return time.monotonic() - self.started
+
+
+def _duration(seconds: float) -> str:
+    whole = int(seconds + 0.5)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
 
 
 @attrs.define
@@ -279,7 +315,7 @@ def run(args: argparse.Namespace, scanned: Scanned, out: TextIO = sys.stderr) ->
     client = Client(
         args.host, args.port, token=args.token, connect_timeout=5.0, timeout=args.timeout
     )
-    progress = Progress(out, not args.quiet)
+    progress = Progress(out, not args.quiet, scanned.rows, args.progress_every)
     job = Import(args, scanned, stream_id, client, progress, args.max_chunk_bytes)
     try:
         status = _attempts(job, out)

@@ -4,6 +4,8 @@ request limit, Ctrl-C and a limit that changes before the rerun, copies of the f
 
 from __future__ import annotations
 
+import os
+import pty
 import shutil
 import signal
 import subprocess
@@ -283,3 +285,75 @@ def test_a_bad_row_is_named_before_anything_is_sent(small_csv: Path, server: Pro
     client = Client(server.port)
     assert client.call("tree.info", series="usage")["error_code"] == "not_found"
     client.close()
+
+
+def _ingest(csv: Path, port: int, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "karma",
+        "ingest",
+        str(csv),
+        "--series",
+        "api_requests",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *extra,
+    ]
+
+
+def test_progress_is_a_bar_with_percent_and_eta_on_a_terminal(
+    default_server: Proc, small_csv: Path
+) -> None:
+    default_server.start()
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(
+            _ingest(small_csv, default_server.port),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=follower,
+            timeout=120,
+            check=False,
+        )
+        os.close(follower)
+        follower = -1
+        output = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the writer is gone and everything was read
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    text = output.decode(errors="replace")
+    assert done.returncode == 0, text[-800:]
+    assert "\r" in text  # redrawn in place
+    assert "100.0%" in text
+    assert "ETA" in text
+    assert "rows/s" in text
+
+
+def test_progress_without_a_terminal_is_a_plain_line_every_n_chunks(
+    default_server: Proc, small_csv: Path
+) -> None:
+    default_server.start()
+    done = subprocess.run(
+        _ingest(small_csv, default_server.port, "--progress-every", "10"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-800:]
+    assert "\r" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if "ETA" in line]
+    assert len(lines) >= 2
+    assert all("%" in line and "rows/s" in line for line in lines)
