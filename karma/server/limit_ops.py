@@ -184,17 +184,10 @@ async def consume(node: Node, req: lr.LimitConsume) -> bytes:
         fingerprint=None if key is None else fingerprint,
         answer=None if key is None else answer,
     )
-    done = trio.Event()
-    if key is not None:
-        node.inflight[claim] = done
-    try:
-        await _effect(node, mutation)
-    finally:
-        if key is not None:
-            del node.inflight[claim]
-            done.set()
     if key is None:
+        await _effect(node, mutation)
         return envelope.encode_ok(answer)
+    await _claimed(node, claim, mutation)
     return envelope.encode_idempotent(answer, replayed=False)
 
 
@@ -240,12 +233,7 @@ async def reserve(node: Node, req: lr.LimitReserve) -> bytes:
         fingerprint=fingerprint,
         answer=answer,
     )
-    node.inflight[claim] = done = trio.Event()
-    try:
-        await _effect(node, mutation)
-    finally:
-        del node.inflight[claim]
-        done.set()
+    await _claimed(node, claim, mutation)
     return envelope.encode_idempotent(answer, replayed=False)
 
 
@@ -328,7 +316,7 @@ async def commit(node: Node, req: lr.LimitCommit) -> bytes:
         fingerprint=fingerprint,
         answer=answer,
     )
-    await _settle(node, claim, mutation)
+    await _claimed(node, claim, mutation)
     return envelope.encode_idempotent(answer, replayed=False)
 
 
@@ -374,7 +362,7 @@ async def void(node: Node, req: lr.LimitVoid) -> bytes:
             ErrorCode.IDEMPOTENCY_CONFLICT, f'Reservation "{hold_id}" was already {done.outcome}'
         )
     if hold.expires_at_ms <= _now_ms():  # overdue: the expiry is written first, then told
-        await _settle(node, claim, _expiry(hold_id, now))
+        await _claimed(node, claim, _expiry(hold_id, now))
         return envelope.encode_idempotent(
             {"id": hold_id, "status": "expired", "released": 0}, replayed=True
         )
@@ -387,7 +375,7 @@ async def void(node: Node, req: lr.LimitVoid) -> bytes:
         fingerprint=fingerprint,
         answer=answer,
     )
-    await _settle(node, claim, mutation)
+    await _claimed(node, claim, mutation)
     return envelope.encode_idempotent(answer, replayed=False)
 
 
@@ -395,7 +383,8 @@ def _expiry(hold_id: str, now: int) -> m.LimitSettle:
     return m.LimitSettle(id=hold_id, outcome="expired", add=[], settled_at_unix=now)
 
 
-async def _settle(node: Node, claim: str, mutation: m.LimitSettle) -> None:
+async def _claimed(node: Node, claim: str, mutation: m.Mutation) -> None:
+    """The effect of a keyed or id'd request: retries of the same key or id wait for it."""
     node.inflight[claim] = done = trio.Event()
     try:
         await _effect(node, mutation)
@@ -501,7 +490,7 @@ async def expire_holds(node: Node) -> None:
                 continue
             _, now = node.clock()
             try:
-                await _settle(node, claim, _expiry(hold.id, now))
+                await _claimed(node, claim, _expiry(hold.id, now))
             except KarmaError as exc:
                 node.log.warning("limit.expiry_failed", id=hold.id, error=exc.message)
                 break  # the disk refuses: try again on the next round
