@@ -93,6 +93,34 @@ def parse_log_level(text: str) -> str:
     return text
 
 
+def parse_urls(text: str) -> str:
+    urls = [url.strip() for url in text.split(",")]
+    for url in urls:
+        if not url.startswith(("http://", "https://")) or len(url) <= len("http://"):
+            raise ValueError("expected comma-separated http:// or https:// URLs")
+    return ",".join(url.rstrip("/") for url in urls)
+
+
+def parse_name(text: str) -> str:
+    if not text or not all(c.isalnum() or c in "-_." for c in text):
+        raise ValueError("expected letters, digits, '-', '_' or '.'")
+    return text
+
+
+def parse_ttl(text: str) -> int:
+    value = _parse_int(text)
+    if value < 2:  # etcd refuses shorter leases; a margin must fit inside the TTL
+        raise ValueError("expected an integer number of seconds >= 2")
+    return value
+
+
+def parse_positive_seconds(text: str) -> float:
+    value = parse_seconds(text)
+    if value <= 0:
+        raise ValueError("expected a number of seconds > 0")
+    return value
+
+
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 
 
@@ -344,6 +372,65 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "GET /readyz on the metrics port fails on a replica more than this many WAL entries"
         " behind its master.",
     ),
+    Option(
+        "--ha-etcd",
+        "KARMA_HA_ETCD",
+        None,
+        parse_urls,
+        "etcd client URLs, comma-separated (http://127.0.0.1:2379,...): turns on automatic"
+        " failover (docs/ha.md). Unset: no HA, --role decides.",
+    ),
+    Option(
+        "--ha-cluster",
+        "KARMA_HA_CLUSTER",
+        "karma",
+        parse_name,
+        "HA group name: keys live under /karma/NAME/ in etcd.",
+    ),
+    Option(
+        "--ha-node",
+        "KARMA_HA_NODE",
+        None,
+        parse_name,
+        "This node's unique name in the HA group (default: the host name and port).",
+    ),
+    Option(
+        "--ha-ttl",
+        "KARMA_HA_TTL",
+        10,
+        parse_ttl,
+        "Seconds the leader lease lives without a renewal; a master that cannot renew stops"
+        " acknowledging writes before it expires.",
+    ),
+    Option(
+        "--ha-loop-wait",
+        "KARMA_HA_LOOP_WAIT",
+        2.0,
+        parse_positive_seconds,
+        "Seconds between HA loop rounds (lease renewal, member key, leader check).",
+    ),
+    Option(
+        "--ha-max-lag-on-failover",
+        "KARMA_HA_MAX_LAG_ON_FAILOVER",
+        1000,
+        parse_count,
+        "A replica more than this many WAL entries behind the last known master LSN is never"
+        " promoted.",
+    ),
+    Option(
+        "--ha-priority",
+        "KARMA_HA_PRIORITY",
+        1,
+        parse_count,
+        "Among equally caught-up candidates, the higher priority is promoted first.",
+    ),
+    Option(
+        "--ha-nofailover",
+        "KARMA_HA_NOFAILOVER",
+        False,
+        parse_bool,
+        "Never promote this node (it only follows the leader).",
+    ),
     Option("--log", "KARMA_LOG", True, parse_bool, "Write structured JSON logs to stderr."),
     Option(
         "--log-level",
@@ -396,6 +483,14 @@ class Config:
     metrics_bind: str = "127.0.0.1"
     metrics_port: int = 0
     ready_max_lag_entries: int = 10000
+    ha_etcd: str | None = None
+    ha_cluster: str = "karma"
+    ha_node: str | None = None
+    ha_ttl: int = 10
+    ha_loop_wait: float = 2.0
+    ha_max_lag_on_failover: int = 1000
+    ha_priority: int = 1
+    ha_nofailover: bool = False
     log: bool = True
     log_level: str = "info"
 

@@ -1,5 +1,5 @@
-"""The stable error codes of protocol v2 (karma 1.0's 14, plus storage_unavailable and
-capacity_exceeded) and the
+"""The stable error codes of protocol v2 (karma 1.0's 14, plus storage_unavailable,
+capacity_exceeded and not_leader) and the
 exception that carries one.
 
 Everything the engine refuses is a :class:`KarmaError`; the connection layer turns it into an
@@ -28,6 +28,7 @@ class ErrorCode(StrEnum):
     REPLICATION_ERROR = "replication_error"
     STORAGE_UNAVAILABLE = "storage_unavailable"
     CAPACITY_EXCEEDED = "capacity_exceeded"
+    NOT_LEADER = "not_leader"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -56,6 +57,11 @@ ERROR_MEANINGS: Final[dict[ErrorCode, str]] = {
     ),
     ErrorCode.CAPACITY_EXCEEDED: (
         "The request is valid but the server is full: --max-open-reservations open holds."
+    ),
+    ErrorCode.NOT_LEADER: (
+        "HA is on (--ha-etcd) and this node is not the writable master, or its leader lease"
+        " ran out before the answer: the message names the leader's address when one is known."
+        " Retriable there; a keyed write retried with the same idempotency key counts once."
     ),
     ErrorCode.INTERNAL_ERROR: "A bug: the server logged it and kept serving.",
 }
@@ -90,6 +96,11 @@ class KarmaError(Exception):
         """
         cause = exc.strerror or str(exc)
         return cls(ErrorCode.STORAGE_UNAVAILABLE, f"{failed}: {cause}; {kept}, retry later")
+
+    @classmethod
+    def not_leader(cls, leader: str | None) -> KarmaError:
+        where = f"the leader is {leader}" if leader else "no leader is known yet"
+        return cls(ErrorCode.NOT_LEADER, f"Not the leader: {where}; retry there")
 
     @classmethod
     def internal(cls) -> KarmaError:

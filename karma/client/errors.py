@@ -87,6 +87,14 @@ class CapacityExceeded(KarmaError):
     retriable = True
 
 
+class NotLeader(KarmaError):
+    """HA is on and this node is not the writable master (or its lease ran out): the message
+    names the leader. A keyed write may have been applied; retry it with the same key."""
+
+    code = "not_leader"
+    retriable = True
+
+
 class InternalError(KarmaError):
     code = "internal_error"
 
@@ -119,6 +127,7 @@ BY_CODE: Final[dict[str, type[KarmaError]]] = {
         ReplicationError,
         StorageUnavailable,
         CapacityExceeded,
+        NotLeader,
         InternalError,
     )
 }

@@ -9,7 +9,8 @@ configured (karma 1.0's rule), every request must present one:
 | the read token       | yes       | forbidden           |
 | none, wrong, not str | unauthorized | unauthorized     |
 
-A slave runs READ ops only, whatever the token (`forbidden`).
+A slave runs READ ops only, whatever the token (`forbidden`; with HA on, `not_leader` naming the
+leader, since the role changes at runtime and the client should go there).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Final
 import attrs
 
 from karma.errors import ErrorCode, KarmaError
+from karma.ha.fence import Fence
 from karma.protocol.optable import Access, OpSpec
 
 
@@ -45,6 +47,8 @@ class Gate:
     slave: bool = False
     #: WAL replay and replication read effect entries (limit.apply, …); clients may not send them
     internal_ops: bool = False
+    #: HA is on: a read-only node refuses writes with `not_leader` and the leader's address
+    fence: Fence | None = None
 
     @property
     def open(self) -> bool:
@@ -62,6 +66,8 @@ class Gate:
                     f"Read-only token cannot execute command {spec.internal_name}",
                 )
         if self.slave and spec.access is not Access.READ:
+            if self.fence is not None:
+                raise self.fence.refusal()
             raise KarmaError(
                 ErrorCode.FORBIDDEN, f"Slave role cannot execute command {spec.internal_name}"
             )

@@ -89,6 +89,7 @@ SPECS: Final[tuple[OpSpec, ...]] = (
     OpSpec(r.ReconciliationReport, "reconciliation_report", A),
     OpSpec(r.ReplicationEntries, "replication_entries", R),
     OpSpec(r.ReplicationStatus, "replication_status", R),
+    OpSpec(r.ClusterTopology, "cluster_topology", R),
     OpSpec(r.IngestBegin, "ingest_begin", W),
     OpSpec(r.IngestChunk, "ingest_chunk", W),
     OpSpec(r.IngestCommit, "ingest_commit", W),

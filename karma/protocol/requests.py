@@ -501,6 +501,10 @@ class ReplicationStatus(Request, tag="replication.status", frozen=True, kw_only=
     pass
 
 
+class ClusterTopology(Request, tag="cluster.topology", frozen=True, kw_only=True):
+    """HA: the leader's address, the term and the members (karma.ha)."""
+
+
 # --- ingest and idempotency ----------------------------------------------------------------
 class StreamRequest(Request, frozen=True, kw_only=True):
     stream_id: str
@@ -627,6 +631,7 @@ AnyRequest = (
     | ReconciliationReport
     | ReplicationEntries
     | ReplicationStatus
+    | ClusterTopology
     | IngestBegin
     | IngestChunk
     | IngestCommit

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import signal
+import socket
 import time
 from functools import partial
 from pathlib import Path
@@ -26,6 +27,10 @@ from karma.core.counters import NodeStatus
 from karma.core.engine import Engine
 from karma.core.idempotency import IdempotencyTable
 from karma.errors import KarmaError
+from karma.ha.etcd import EtcdClient
+from karma.ha.fence import Fence
+from karma.ha.loop import HaTask, Settings
+from karma.ha.rules import Keys
 from karma.observability import metrics
 from karma.observability.logs import Logger
 from karma.server import limit_ops, systemd
@@ -34,6 +39,7 @@ from karma.server.connections import Drain, serve_connection
 from karma.server.follower_task import Follower
 from karma.server.metrics_http import Probes, serve_metrics
 from karma.server.node import Node
+from karma.server.roles import ServerRoles
 from karma.server.snapshotter import Snapshotter
 from karma.server.wal_writer import WalWriter
 from karma.storage import files, recovery, snapshot_files
@@ -125,7 +131,14 @@ async def serve(
         directory, engine, status, log, writer, retention=config.dump_retention_per_tree
     )
     checkpoints = {c["source"]: c for c in prepared.checkpoints}
-    node = Node(config, engine, status, log, writer, snapshots, checkpoints)
+    fence = None
+    if config.ha_etcd is not None:
+        if writer is None:
+            raise StartupError("--ha-etcd needs --wal=true: replicas copy the master's WAL")
+        fence = Fence(time.monotonic)  # closed: every HA node starts read-only
+        writer.fence = fence
+        status.role = str(Role.SLAVE)
+    node = Node(config, engine, status, log, writer, snapshots, checkpoints, fence=fence)
     drain = Drain()
     failures = AcceptFailures(engine.counters, log)
     try:
@@ -143,12 +156,14 @@ async def serve(
                     config.metrics_port,
                     log,
                     failures,
-                    Probes(status, config.ready_max_lag_entries),
+                    Probes(status, config.ready_max_lag_entries, fence),
                 )
-            if config.role is Role.SLAVE and config.replication_source_host:
+            if fence is not None:
+                pass  # the HA task decides the role, once the client port is known (below)
+            elif config.role is Role.SLAVE and config.replication_source_host:
                 follower = Follower(config, directory, engine, status, writer, log)
                 await services.start(follower.run)
-            if config.role is Role.MASTER:
+            elif config.role is Role.MASTER:
                 # holds expire by the master's clock, through the WAL: replicas follow it
                 services.start_soon(limit_ops.expire_holds, node)
             if config.snapshot_interval_seconds:
@@ -164,6 +179,10 @@ async def serve(
                         failures,
                     )
                     port = listeners[0].socket.getsockname()[1]
+                    if fence is not None:
+                        ha = _ha_task(config, directory, node, status, log, services, fence, port)
+                        node.topology = ha.topology
+                        services.start_soon(ha.serve)
                     log.info(
                         "server.started",
                         bind=config.bind,
@@ -191,6 +210,37 @@ async def serve(
         if wal is not None:
             wal.close()
     log.info("server.stopped", lsn=status.wal_current_lsn)
+
+
+def _ha_task(
+    config: Config,
+    directory: Path,
+    node: Node,
+    status: NodeStatus,
+    log: Logger,
+    services: trio.Nursery,
+    fence: Fence,
+    port: int,
+) -> HaTask:
+    assert config.ha_etcd is not None
+    host = config.bind if config.bind not in ("0.0.0.0", "::", "") else socket.gethostname()
+    name = config.ha_node if config.ha_node is not None else f"{socket.gethostname()}-{port}"
+    settings = Settings(
+        node=name,
+        addr=f"{host}:{port}",
+        ttl_s=config.ha_ttl,
+        loop_wait_s=config.ha_loop_wait,
+        max_lag=config.ha_max_lag_on_failover,
+        priority=config.ha_priority,
+        nofailover=config.ha_nofailover,
+        keys=Keys(config.ha_cluster),
+    )
+    # each etcd request gets at most a third of the TTL (spec: 1 s at ttl 10), so one slow
+    # member cannot eat the whole lease
+    etcd = EtcdClient(config.ha_etcd.split(","), timeout_s=min(1.0, config.ha_ttl / 3))
+    roles = ServerRoles(config, directory, node, status, log, services)
+    log.info("ha.started", node=name, addr=settings.addr, etcd=config.ha_etcd)
+    return HaTask(settings, etcd, fence, roles, log)
 
 
 async def _final_snapshot(snapshots: Snapshotter, config: Config, log: Logger) -> None:

@@ -120,6 +120,8 @@ class Follower:
     cuts: dict[str, int] = attrs.field(factory=dict)
     state_lsn: int = 0
     limits_lsn: int = 0
+    #: HA re-pointing found this node's WAL diverged from the new leader's: bootstrap first
+    force_bootstrap: bool = False
 
     def __attrs_post_init__(self) -> None:
         assert self.config.replication_source_host is not None
@@ -134,7 +136,9 @@ class Follower:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         interval = self.config.replication_poll_interval_ms / 1000
-        need_bootstrap = self.status.wal_current_lsn == 0 and not self.engine.store.series
+        need_bootstrap = self.force_bootstrap or (
+            self.status.wal_current_lsn == 0 and not self.engine.store.series
+        )
         failures = 0
         try:
             while True:
@@ -221,7 +225,7 @@ class Follower:
             elif self.writer is None:
                 self._apply_unlogged(mutation, lsn)
             else:
-                last = self.writer.submit_nowait(mutation)
+                last = self.writer.submit_nowait(mutation, replicated=True)
             self.status.replication.entries_applied += 1
             self.status.replication.last_received_unix = int(now)
         if last is not None:
@@ -231,7 +235,7 @@ class Follower:
         if self.writer is None:
             self.status.wal_current_lsn = lsn
             return
-        pending = self.writer.submit_nowait(mutation, apply=False)
+        pending = self.writer.submit_nowait(mutation, apply=False, replicated=True)
         await pending.done.wait()
         if pending.error is not None:
             raise ReplicationError(f"WAL write failed: {pending.error.message}")

@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from karma.core import report
 from karma.core.counters import NodeStatus
+from karma.ha.fence import Fence
 from karma.observability.logs import Logger
 from karma.observability.metrics import exposition
 from karma.server.accept import AcceptFailures, listen, serve_listeners
@@ -31,11 +32,15 @@ MAX_HEADER_BYTES = 16384
 class Probes:
     status: NodeStatus
     max_lag_entries: int
+    #: HA: /primary also needs the leader lease, before its deadline
+    fence: Fence | None = None
 
     def not_ready(self) -> str | None:
         return report.readiness(self.status, self.max_lag_entries)
 
     def primary(self) -> bool:
+        if self.fence is not None and not self.fence.may_ack():
+            return False
         return report.writable_primary(self.status, self.max_lag_entries)
 
 
@@ -124,7 +129,8 @@ def _readyz(probes: Probes) -> tuple[bool, str]:
 def _primary(probes: Probes) -> tuple[bool, str]:
     if probes.primary():
         return True, "primary"
-    return False, f"not a writable primary (role {probes.status.role})"
+    fenced = " or fenced" if probes.fence is not None else ""
+    return False, f"not a writable primary (role {probes.status.role}{fenced})"
 
 
 _PROBES = {b"/healthz": _healthz, b"/readyz": _readyz, b"/primary": _primary}

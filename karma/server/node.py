@@ -31,12 +31,14 @@ from karma.core.budget import AnyBudget, Budget, Unlimited
 from karma.core.counters import NodeStatus, SlowLog
 from karma.core.engine import ENGINE_READS, SCANNING_READS, WRITES, Engine, Immediate
 from karma.errors import ErrorCode, KarmaError
+from karma.ha.fence import Fence
 from karma.observability import metrics
 from karma.observability.logs import Logger
 from karma.protocol import envelope, optable
 from karma.protocol import requests as r
 from karma.protocol.decode import decode
 from karma.protocol.gate import Gate
+from karma.protocol.optable import Access
 from karma.server import limit_ops
 from karma.server.snapshotter import Snapshotter
 from karma.server.wal_writer import Pending, WalWriter
@@ -59,6 +61,9 @@ class Waiting:
         self.node.record(self.started, failed=failed, request=self.request, code=code)
         if pending.error is not None:
             return envelope.encode_error(pending.error)
+        fence = self.node.fence
+        if fence is not None and not fence.may_ack():  # the last check before the bytes go out
+            return envelope.encode_error(fence.refusal())
         return envelope.encode_ok_checked(pending.response, self.node.config.max_response_bytes)
 
 
@@ -82,13 +87,19 @@ class Node:
     slow_ms: float = attrs.field(init=False, default=float("inf"))
     slowlog: SlowLog = attrs.field(init=False, factory=SlowLog)
     _today: int = attrs.field(init=False, default=0)
+    #: HA (--ha-etcd): writes are acknowledged only while this is open (karma.ha.fence)
+    fence: Fence | None = None
+    #: HA: the HA task's view for cluster.topology
+    topology: Callable[[], dict[str, object]] | None = None
 
     def __attrs_post_init__(self) -> None:
         self.karma_metrics = metrics.karma_registry(self.stats_values)
         self.gate = Gate(
             self.config.auth_token,
             self.config.read_auth_token,
-            slave=self.config.role is Role.SLAVE,
+            # with HA every node starts read-only; the HA task opens the leader's gate
+            slave=self.config.role is Role.SLAVE or self.fence is not None,
+            fence=self.fence,
         )
         self.directory = Path(self.config.directory).resolve()
         if self.config.slow_request_ms:
@@ -120,6 +131,7 @@ class Node:
         started = time.perf_counter()
         try:
             if type(request) in WRITES:
+                self._check_fence()
                 return self._write(request, started)
             answer = self._read(request)
         except KarmaError as exc:
@@ -133,6 +145,8 @@ class Node:
         started = time.perf_counter()
         try:
             cls = type(request)
+            if optable.SPEC_BY_CLASS[cls].access is not Access.READ:
+                self._check_fence()
             limit_op = limit_ops.HANDLERS.get(cls)
             if limit_op is not None:
                 answer = await limit_op(self, request)
@@ -156,6 +170,12 @@ class Node:
     def handle_line(self, line: bytes) -> bytes | Waiting:
         request = self.decode(line)
         return request if isinstance(request, bytes) else self.handle(request)
+
+    def _check_fence(self) -> None:
+        """HA: refuse a write up front once the lease deadline passed (nothing is written)."""
+        fence = self.fence
+        if fence is not None and not fence.may_ack():
+            raise fence.refusal()
 
     # --- bookkeeping ---------------------------------------------------------------------------
     def record(
@@ -240,6 +260,7 @@ class Node:
         await pending.done.wait()
         if pending.error is not None:
             raise pending.error
+        self._check_fence()
         return pending.response
 
     async def _write_and_wait(self, request: r.Request) -> object:
@@ -304,6 +325,11 @@ class Node:
 
     def ping(self, req: r.Ping) -> object:
         return "pong"
+
+    def cluster_topology(self, req: r.ClusterTopology) -> object:
+        if self.topology is not None:
+            return self.topology()
+        return {"ha": False, "role": self.status.role, "leader": None, "term": 0, "members": []}
 
     def slowlog_entries(self, req: r.SlowLog) -> object:
         return self.slowlog.entries(r.opt(req.limit))
@@ -586,6 +612,7 @@ _UNLIMITED: Final = Unlimited()
 
 _SHELL: Final[dict[type, Callable[[Node, Any], object]]] = {
     r.Ping: Node.ping,
+    r.ClusterTopology: Node.cluster_topology,
     r.SlowLog: Node.slowlog_entries,
     r.Health: Node.health,
     r.Stats: Node.stats,

@@ -18,6 +18,7 @@ from karma.core import mutations as m
 from karma.core.counters import NodeStatus
 from karma.core.engine import Engine
 from karma.errors import ErrorCode, KarmaError
+from karma.ha.fence import Fence
 from karma.observability.logs import Logger
 from karma.storage import wal_codec
 from karma.storage.wal_files import ActiveWal, WalLostError
@@ -32,6 +33,8 @@ class Pending:
     #: A replica logs some records whose effect its bootstrap snapshots already hold; it
     #: applies those itself (partially) once they are logged.
     apply: bool = True
+    #: an entry copied from the master (the fence does not apply: the master acked it)
+    replicated: bool = False
 
 
 @attrs.define(eq=False)
@@ -55,6 +58,8 @@ class WalWriter:
     #: the newest write submitted: a denial that writes nothing waits for it (limit_ops)
     _last: Pending | None = attrs.field(init=False, default=None)
     batches: int = 0
+    #: HA (--ha-etcd): client writes are logged and acknowledged only while the fence is open
+    fence: Fence | None = None
 
     def __attrs_post_init__(self) -> None:
         # unbounded: each submitter waits for its own result, so the depth is bounded by the
@@ -62,8 +67,10 @@ class WalWriter:
         self._send, self._receive = trio.open_memory_channel[Pending](math.inf)
         self._disk = trio.CapacityLimiter(1)
 
-    def submit_nowait(self, mutation: m.Mutation, *, apply: bool = True) -> Pending:
-        pending = Pending(mutation, apply=apply)
+    def submit_nowait(
+        self, mutation: m.Mutation, *, apply: bool = True, replicated: bool = False
+    ) -> Pending:
+        pending = Pending(mutation, apply=apply, replicated=replicated)
         self._send.send_nowait(pending)
         self._queued += 1
         self._last = pending
@@ -112,13 +119,19 @@ class WalWriter:
 
     def write_now(self, mutation: m.Mutation) -> object:
         """Log and apply one mutation synchronously (see `can_write_now`); raises KarmaError."""
+        fence = self.fence
+        if fence is not None and not fence.may_ack():
+            raise fence.refusal()  # nothing written
         first, data, starts = self._encode([mutation])
         try:
             rotated = self.wal.append(data, starts)
         except OSError as exc:
             raise self._failed(exc, 1) from exc
         self._logged(rotated, first, 1)
-        return self.engine.apply(mutation)  # total: on a late refusal nothing changed
+        response = self.engine.apply(mutation)  # total: on a late refusal nothing changed
+        if fence is not None and not fence.may_ack():
+            raise fence.refusal()  # logged, but past the deadline: never acknowledged
+        return response
 
     def _encode(self, mutations: list[m.Mutation]) -> tuple[int, bytes, list[tuple[int, int]]]:
         """The batch's lines, numbered from the next LSN: (first LSN, bytes, line starts)."""
@@ -195,7 +208,30 @@ class WalWriter:
             except trio.WouldBlock:
                 return
 
+    def _fenced(self, batch: list[Pending]) -> list[Pending]:
+        """`batch` without the client writes the fence refuses now (they are answered)."""
+        fence = self.fence
+        if fence is None or fence.may_ack():
+            return batch
+        kept: list[Pending] = []
+        for pending in batch:
+            if pending.replicated:
+                kept.append(pending)
+                continue
+            self.engine.limits.unpend(pending.mutation)
+            pending.error = fence.refusal()  # nothing written, nothing applied
+            pending.done.set()
+        return kept
+
+    def _late(self, pending: Pending) -> bool:
+        """The deadline passed while this client write was written: it must not be acked."""
+        fence = self.fence
+        return fence is not None and not pending.replicated and not fence.may_ack()
+
     async def _write(self, batch: list[Pending]) -> None:
+        batch = self._fenced(batch)
+        if not batch:
+            return
         first, data, starts = self._encode([pending.mutation for pending in batch])
         try:
             if self.wal.fsync:
@@ -219,6 +255,11 @@ class WalWriter:
                 continue
             try:
                 pending.response = self.engine.apply(pending.mutation)
+                if self._late(pending):
+                    assert self.fence is not None
+                    # logged and applied, but the lease may be gone: the outcome is unknown
+                    # to the client (a keyed retry on the new leader counts it at most once)
+                    pending.error = self.fence.refusal()
             except KarmaError as exc:  # changed between check and apply: nothing applied
                 self.engine.limits.unpend(pending.mutation)
                 pending.error = exc

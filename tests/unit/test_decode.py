@@ -81,6 +81,7 @@ VALID: dict[str, dict[str, Any]] = {
     "reconciliation.report": {"checked_points": 2, "mismatch_count": 1},
     "replication.entries": {"after_lsn": 0},
     "replication.status": {},
+    "cluster.topology": {},
     "ingest.begin": {"stream_id": "s", "mode": "add"},
     "ingest.chunk": {"stream_id": "s", "series": "a", "chunk_seq": 1, "items": [[1, B1, 1]]},
     "ingest.commit": {"stream_id": "s"},

@@ -21,4 +21,5 @@ def test_errors_page_lists_every_code() -> None:
     text = (DOCS / "errors.md").read_text()
     documented = set(re.findall(r"^\| `([a-z_]+)`", text, re.M))
     assert documented == {str(code) for code in ErrorCode}
-    assert len(documented) == 16  # karma 1.0's 14, storage_unavailable, capacity_exceeded
+    # karma 1.0's 14, storage_unavailable, capacity_exceeded, not_leader
+    assert len(documented) == 17

@@ -1,0 +1,302 @@
+"""The HA task: one more sibling in the server nursery (spec/ha.md §1, Patroni's HA loop).
+
+Every `--ha-loop-wait` seconds:
+- renew this node's lease (one lease holds its member key and, while it leads, the leader key);
+  only a keepalive answered with a TTL counts, and it moves the fence's deadline;
+- read every key of the group in one range;
+- leader: check the leader key is still ours (same create_revision = term), publish `status`
+  (guarded by the term) and its member key; if anything says otherwise, close the fence at once;
+  on etcd errors keep trying until the deadline, which closes the fence by itself;
+- replica: publish its member key; follow the leader named by the leader key (re-pointing when
+  it changes, after the history check); with no leader key, race for it when the rules allow.
+
+The server side of a role switch (cancel the follower, open the gate, start the sweeper, and
+back) is behind the `Roles` protocol, implemented by karma.server.roles.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import attrs
+import trio
+
+from karma.ha import rules
+from karma.ha.etcd import EtcdClient, EtcdError, Lease, RangeResult
+from karma.ha.fence import Fence
+from karma.observability.logs import Logger
+
+
+class Roles(Protocol):
+    def lsn(self) -> int: ...
+
+    def source_lsn(self) -> int: ...
+
+    def local_term(self) -> int: ...
+
+    async def promote(self, term: int) -> None: ...
+
+    async def stop_following(self) -> None: ...
+
+    async def follow(self, leader: rules.Leader, *, diverged_after: int | None) -> None: ...
+
+    def step_down(self) -> None: ...
+
+
+@attrs.frozen
+class Settings:
+    node: str
+    addr: str
+    ttl_s: int
+    loop_wait_s: float
+    max_lag: int
+    priority: int
+    nofailover: bool
+    keys: rules.Keys
+
+
+@attrs.define(eq=False)
+class HaTask:
+    settings: Settings
+    etcd: EtcdClient
+    fence: Fence
+    roles: Roles
+    log: Logger
+    clock: Callable[[], float] = time.monotonic
+    lease: Lease | None = None
+    #: the term this node leads, 0 while it does not
+    term: int = 0
+    leader: rules.Leader | None = None
+    following: rules.Leader | None = None
+    members: list[rules.Member] = attrs.field(factory=list)
+    history: list[rules.TermStart] = attrs.field(factory=list)
+    #: the highest master LSN seen (status key, leader's member key, our own polls)
+    latest_lsn: int = 0
+    rounds: int = 0
+    #: when the last keepalive (or grant) that etcd confirmed was sent
+    _lease_sent: float = attrs.field(default=-math.inf, init=False)
+
+    @property
+    def leading(self) -> bool:
+        return self.term != 0
+
+    def topology(self) -> dict[str, object]:
+        leader = self.leader
+        return {
+            "ha": True,
+            "node": self.settings.node,
+            "role": "master" if self.leading and self.fence.may_ack() else "replica",
+            "leader": None if leader is None else {"node": leader.node, "addr": leader.addr},
+            "term": 0 if leader is None else leader.term,
+            "members": [
+                {
+                    "node": m.node,
+                    "addr": m.addr,
+                    "role": m.role,
+                    "lsn": m.lsn,
+                    "nofailover": m.nofailover,
+                    "priority": m.priority,
+                }
+                for m in self.members
+            ],
+        }
+
+    async def serve(self) -> None:
+        """Run the loop until cancelled; on the way out, resign cleanly if leading."""
+        try:
+            while True:
+                started = self.clock()
+                try:
+                    await self.round()
+                except EtcdError as exc:
+                    self.log.warning(
+                        "ha.etcd_failed",
+                        error=str(exc),
+                        leading=self.leading,
+                        fenced_in_s=round(self.fence.remaining_s(), 3) if self.leading else None,
+                    )
+                    if self.leading and not self.fence.may_ack():
+                        self._step_down("lease deadline passed without etcd")
+                self.rounds += 1
+                # a leader past its deadline must not wait a whole round to notice
+                await trio.sleep(max(0.0, started + self.settings.loop_wait_s - self.clock()))
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await self._resign()
+            await self.etcd.aclose()
+
+    async def _resign(self) -> None:
+        """Shutdown: stop acking, delete our leader key (if still ours), revoke the lease."""
+        term = self.term
+        self.fence.close()
+        self.term = 0
+        try:
+            if term:
+                await self.etcd.delete_if(self.settings.keys.leader, create_revision=term)
+            if self.lease is not None:
+                await self.etcd.revoke(self.lease.id)
+        except EtcdError as exc:
+            self.log.warning("ha.resign_failed", error=str(exc))
+
+    # --- one round ------------------------------------------------------------------------------
+    async def round(self) -> None:
+        await self._renew()
+        cluster = await self.etcd.range(self.settings.keys.prefix, prefix=True)
+        self._read(cluster)
+        if self.leading:
+            await self._as_leader()
+        else:
+            await self._as_replica()
+
+    async def _renew(self) -> None:
+        sent = self.clock()
+        if self.lease is not None:
+            ttl = await self.etcd.keepalive(self.lease.id)
+            if ttl is None:
+                self.log.warning("ha.lease_lost", lease=self.lease.id, leading=self.leading)
+                self.lease = None
+                if self.leading:
+                    self._step_down("lease expired")
+            elif self.leading:
+                self.fence.renewed(sent, self.settings.ttl_s, rules.margin_s(self.settings.ttl_s))
+        if self.lease is None:
+            sent = self.clock()
+            self.lease = await self.etcd.grant(self.settings.ttl_s)
+            self._lease_sent = sent
+        else:
+            self._lease_sent = sent
+
+    def _read(self, cluster: RangeResult) -> None:
+        keys = self.settings.keys
+        self.leader = None
+        members: list[rules.Member] = []
+        for kv in cluster.kvs:
+            if kv.key == keys.leader:
+                self.leader = rules.decode_leader(kv.value, kv.create_revision)
+            elif kv.key == keys.status:
+                status = rules.decode_status(kv.value)
+                if status is not None:
+                    self.latest_lsn = max(self.latest_lsn, status.lsn)
+            elif kv.key == keys.history:
+                self.history = rules.decode_history(kv.value)
+            elif kv.key.startswith(keys.prefix + "members/"):
+                member = rules.decode_member(kv.value)
+                if member is not None:
+                    members.append(member)
+                    if member.role == "master":
+                        self.latest_lsn = max(self.latest_lsn, member.lsn)
+        self.members = sorted(members, key=lambda m: m.node)
+        self.latest_lsn = max(self.latest_lsn, self.roles.source_lsn())
+        leader = self.leader
+        self.fence.leader_addr = (
+            None if leader is None or leader.node == self.settings.node else leader.addr
+        )
+
+    def _me(self, role: str) -> rules.Member:
+        s = self.settings
+        return rules.Member(
+            node=s.node,
+            addr=s.addr,
+            role=role,
+            lsn=self.roles.lsn(),
+            term=self.term or self.roles.local_term(),
+            nofailover=s.nofailover,
+            priority=s.priority,
+        )
+
+    async def _publish(self, role: str) -> None:
+        assert self.lease is not None
+        member = self._me(role)
+        await self.etcd.put(
+            self.settings.keys.member(self.settings.node), rules.encode(member), lease=self.lease.id
+        )
+
+    async def _as_leader(self) -> None:
+        leader = self.leader
+        if leader is None or leader.node != self.settings.node or leader.term != self.term:
+            self._step_down("the leader key is gone or not ours")
+            return
+        keys = self.settings.keys
+        status = rules.Status(term=self.term, lsn=self.roles.lsn())
+        if not await self.etcd.guarded_put(
+            keys.status, rules.encode(status), guard=keys.leader, create_revision=self.term
+        ):
+            self._step_down("guarded status write failed")
+            return
+        await self._publish("master")
+
+    async def _as_replica(self) -> None:
+        await self._publish("replica")
+        leader = self.leader
+        if leader is not None:
+            if leader.node == self.settings.node:
+                # our own key from before a restart: its lease is not ours; wait it out
+                return
+            if self.following is None or self.following.term != leader.term:
+                cut = rules.diverged_after(self.roles.local_term(), self.roles.lsn(), self.history)
+                self.log.info(
+                    "ha.follow",
+                    leader=leader.node,
+                    addr=leader.addr,
+                    term=leader.term,
+                    diverged_after=cut,
+                )
+                await self.roles.follow(leader, diverged_after=cut)
+                self.following = leader
+            return
+        await self._race()
+
+    async def _race(self) -> None:
+        s = self.settings
+        me = self._me("replica")
+        reason = rules.refusal_to_promote(me, self.members, self.latest_lsn, s.max_lag)
+        if reason is not None:
+            self.log.info("ha.not_promoting", reason=reason, lsn=me.lsn, latest=self.latest_lsn)
+            return
+        # stop applying the old master's entries first: the LSN we publish must be final
+        await self.roles.stop_following()
+        self.following = None
+        lsn = self.roles.lsn()
+        if self.latest_lsn - lsn > s.max_lag:
+            return
+        assert self.lease is not None
+        lease_sent = self._lease_sent
+        value = rules.LeaderValue(node=s.node, addr=s.addr, start_lsn=lsn)
+        created = await self.etcd.create(s.keys.leader, rules.encode(value), lease=self.lease.id)
+        if not created.succeeded:
+            self.log.info("ha.race_lost")
+            return
+        term = created.revision
+        self.term = term
+        self.fence.term = term
+        self.fence.leader_addr = None
+        self.leader = rules.Leader(s.node, s.addr, lsn, term)
+        history = [*self.history, rules.TermStart(term, lsn, s.node)]
+        if not await self.etcd.guarded_put(
+            s.keys.history, rules.encode(history), guard=s.keys.leader, create_revision=term
+        ):
+            self._step_down("guarded history write failed")
+            return
+        self.history = history
+        await self.etcd.guarded_put(
+            s.keys.term,
+            rules.encode(rules.Status(term=term, lsn=lsn)),
+            guard=s.keys.leader,
+            create_revision=term,
+        )
+        await self.roles.promote(term)
+        # writes open only now, and only until the lease's deadline as of its last renewal
+        self.fence.renewed(lease_sent, s.ttl_s, rules.margin_s(s.ttl_s))
+        remaining = round(self.fence.remaining_s(), 3)
+        self.log.info("ha.promoted", term=term, lsn=lsn, fenced_in_s=remaining)
+        await self._publish("master")
+
+    def _step_down(self, reason: str) -> None:
+        self.log.warning("ha.step_down", reason=reason, term=self.term)
+        self.fence.close()
+        self.term = 0
+        self.following = None
+        self.roles.step_down()

@@ -1,0 +1,164 @@
+"""What the HA task decides, as plain functions: key names, key values, who may be promoted,
+and whether a node's WAL tail diverged from the leader's history (spec/ha.md §1)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+import attrs
+import msgspec
+
+#: below the TTL by this much the gate closes (spec default 2 s at ttl 10; a quarter of
+#: short test TTLs so that ttl=3 still leaves 2.25 s of leadership per keepalive)
+MAX_MARGIN_S: Final = 2.0
+
+
+def margin_s(ttl_s: float) -> float:
+    return min(MAX_MARGIN_S, ttl_s / 4)
+
+
+@attrs.frozen
+class Keys:
+    cluster: str
+
+    @property
+    def prefix(self) -> str:
+        return f"/karma/{self.cluster}/"
+
+    @property
+    def leader(self) -> str:
+        return self.prefix + "leader"
+
+    @property
+    def status(self) -> str:
+        return self.prefix + "status"
+
+    @property
+    def term(self) -> str:
+        return self.prefix + "term"
+
+    @property
+    def history(self) -> str:
+        return self.prefix + "history"
+
+    def member(self, node: str) -> str:
+        return self.prefix + "members/" + node
+
+
+class Member(msgspec.Struct, frozen=True, kw_only=True):
+    """A member key's value: what every node publishes each loop."""
+
+    node: str
+    addr: str
+    role: str
+    lsn: int
+    term: int = 0
+    nofailover: bool = False
+    priority: int = 1
+
+
+class LeaderValue(msgspec.Struct, frozen=True, kw_only=True):
+    """The leader key's value; its term is the key's create_revision."""
+
+    node: str
+    addr: str
+    start_lsn: int
+
+
+class Status(msgspec.Struct, frozen=True, kw_only=True):
+    """The leader's last published LSN (no lease: it outlives the leader, for the lag rule)."""
+
+    term: int
+    lsn: int
+
+
+class TermStart(msgspec.Struct, frozen=True, array_like=True):
+    """One history row: from `start_lsn + 1` on, entries were written in `term`."""
+
+    term: int
+    start_lsn: int
+    node: str
+
+
+@attrs.frozen
+class Leader:
+    node: str
+    addr: str
+    start_lsn: int
+    term: int
+
+
+def encode(value: msgspec.Struct | list[TermStart]) -> bytes:
+    return msgspec.json.encode(value)
+
+
+def decode_member(data: bytes) -> Member | None:
+    try:
+        return msgspec.json.decode(data, type=Member)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None  # someone else's key, or a newer format: ignored, never fatal
+
+
+def decode_leader(data: bytes, term: int) -> Leader | None:
+    try:
+        value = msgspec.json.decode(data, type=LeaderValue)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return Leader(value.node, value.addr, value.start_lsn, term)
+
+
+def decode_status(data: bytes) -> Status | None:
+    try:
+        return msgspec.json.decode(data, type=Status)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def decode_history(data: bytes) -> list[TermStart]:
+    try:
+        return msgspec.json.decode(data, type=list[TermStart])
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return []
+
+
+def _rank(member: Member) -> tuple[int, int, str]:
+    # the most entries first, then the higher priority, then the smaller name (stable, total)
+    return (-member.lsn, -member.priority, member.node)
+
+
+def refusal_to_promote(
+    me: Member, others: Iterable[Member], latest_lsn: int, max_lag: int
+) -> str | None:
+    """Why `me` must not race for the leader key now, or None when it may.
+
+    Patroni's `_is_healthiest_node`: not nofailover; within the lag bound of the last master
+    LSN known; no member still says master; no eligible member is ahead (or level with a
+    better priority or name). The guarded create in etcd decides any race that remains.
+    """
+    if me.nofailover:
+        return "nofailover"
+    if latest_lsn - me.lsn > max_lag:
+        return f"lag {latest_lsn - me.lsn} > --ha-max-lag-on-failover {max_lag}"
+    for other in others:
+        if other.node == me.node:
+            continue
+        if other.role == "master":
+            return f"member {other.node} still says master"
+        if not other.nofailover and latest_lsn - other.lsn <= max_lag and _rank(other) < _rank(me):
+            return f"member {other.node} is a better candidate (lsn {other.lsn})"
+    return None
+
+
+def diverged_after(my_term: int, my_lsn: int, history: Sequence[TermStart]) -> int | None:
+    """The LSN after which this node's WAL is not the leader's, or None if it is a prefix.
+
+    Every entry a node holds was written in its last known term or before it. A later term
+    that started at an LSN below ours means our entries above that LSN were never the new
+    leader's (Raft's prevLogTerm check, PostgreSQL's timeline switch point).
+    """
+    cut: int | None = None
+    for row in history:
+        if row.term > my_term and row.start_lsn < my_lsn:
+            cut = row.start_lsn if cut is None else min(cut, row.start_lsn)
+    return cut

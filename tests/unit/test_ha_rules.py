@@ -1,0 +1,143 @@
+"""The HA pieces that need no etcd: gateway request/answer shapes, promotion rules, the fence."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from karma.errors import ErrorCode
+from karma.ha import etcd, rules
+from karma.ha.fence import Fence
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def test_create_request_puts_only_when_the_key_has_never_been_created() -> None:
+    call = etcd.create_request("/karma/t/leader", b"v", lease=42)
+    assert call.path == "/v3/kv/txn"
+    assert call.body["compare"] == [
+        {
+            "key": b64("/karma/t/leader"),
+            "target": "CREATE",
+            "result": "EQUAL",
+            "create_revision": "0",
+        }
+    ]
+    assert call.body["success"][0]["request_put"]["lease"] == "42"
+    assert call.body["failure"] == [{"request_range": {"key": b64("/karma/t/leader")}}]
+
+
+def test_a_prefix_range_ends_at_the_next_prefix() -> None:
+    call = etcd.range_request("/karma/t/", prefix=True)
+    assert base64.b64decode(call.body["range_end"]) == b"/karma/t0"
+
+
+def test_a_failed_txn_reads_the_key_in_the_way() -> None:
+    # measured from etcd 3.4.23: `succeeded` is omitted when false
+    answer = {
+        "header": {"revision": "7"},
+        "responses": [
+            {
+                "response_range": {
+                    "header": {"revision": "7"},
+                    "kvs": [
+                        {
+                            "key": b64("/k"),
+                            "create_revision": "2",
+                            "mod_revision": "5",
+                            "version": "1",
+                            "value": b64("x"),
+                            "lease": "9",
+                        }
+                    ],
+                    "count": "1",
+                }
+            }
+        ],
+    }
+    result = etcd.parse_txn(answer)
+    assert not result.succeeded
+    assert result.kvs == (etcd.KeyValue("/k", b"x", 2, 5, 9),)
+
+
+def test_a_keepalive_without_ttl_means_the_lease_is_gone() -> None:
+    assert etcd.parse_keepalive({"result": {"ID": "1", "TTL": "3"}}) == 3
+    assert etcd.parse_keepalive({"result": {"header": {}, "ID": "1"}}) is None
+
+
+def test_an_error_answer_raises_with_its_grpc_code() -> None:
+    with pytest.raises(etcd.EtcdError) as caught:
+        etcd.parse_range({"error": "lease not found", "message": "lease not found", "code": 5})
+    assert caught.value.code == etcd.NOT_FOUND
+
+
+def member(node: str, lsn: int, **fields: object) -> rules.Member:
+    return rules.Member(node=node, addr=f"{node}:1", role="replica", lsn=lsn, **fields)  # type: ignore[arg-type]
+
+
+def test_a_replica_beyond_the_lag_bound_refuses_to_race() -> None:
+    me = member("b", 40)
+    assert rules.refusal_to_promote(me, [], latest_lsn=50, max_lag=10) is None
+    refusal = rules.refusal_to_promote(me, [], latest_lsn=51, max_lag=10)
+    assert refusal is not None
+    assert "lag 11" in refusal
+
+
+def test_nofailover_never_races() -> None:
+    assert rules.refusal_to_promote(member("a", 9, nofailover=True), [], 9, 0) == "nofailover"
+
+
+def test_the_most_caught_up_then_the_highest_priority_then_the_smallest_name_races() -> None:
+    a, b = member("a", 10), member("b", 12)
+    assert rules.refusal_to_promote(a, [a, b], 12, 100) is not None
+    assert rules.refusal_to_promote(b, [a, b], 12, 100) is None
+    high = member("z", 12, priority=5)
+    assert rules.refusal_to_promote(b, [b, high], 12, 100) is not None
+    assert rules.refusal_to_promote(member("a", 12), [member("a", 12), b], 12, 100) is None
+
+
+def test_a_member_that_still_says_master_defers_the_race() -> None:
+    old = rules.Member(node="m", addr="m:1", role="master", lsn=3)
+    assert rules.refusal_to_promote(member("a", 3), [old], 3, 100) == "member m still says master"
+
+
+def test_a_wal_is_a_prefix_unless_a_later_term_started_below_its_end() -> None:
+    history = [rules.TermStart(3, 0, "a"), rules.TermStart(15, 1, "b")]
+    assert rules.diverged_after(3, 6, history) == 1  # a's entries 2..6 were never b's
+    assert rules.diverged_after(3, 1, history) is None
+    assert rules.diverged_after(15, 9, history) is None  # we hold the newest term's entries
+    assert rules.diverged_after(0, 0, history) is None
+
+
+def test_values_round_trip_and_garbage_is_ignored() -> None:
+    value = rules.LeaderValue(node="a", addr="h:1", start_lsn=4)
+    assert rules.decode_leader(rules.encode(value), 9) == rules.Leader("a", "h:1", 4, 9)
+    assert rules.decode_member(b"{") is None
+    assert rules.decode_history(rules.encode([rules.TermStart(1, 0, "a")])) == [
+        rules.TermStart(1, 0, "a")
+    ]
+
+
+def test_the_fence_opens_until_ttl_minus_margin_after_the_keepalive_was_sent() -> None:
+    now = [100.0]
+    fence = Fence(lambda: now[0])
+    assert not fence.may_ack()
+    fence.renewed(sent_at=99.0, ttl_s=3, margin_s=rules.margin_s(3))
+    now[0] = 101.24
+    assert fence.may_ack()
+    now[0] = 101.25  # 99 + 3 - 0.75: closed exactly at the deadline
+    assert not fence.may_ack()
+    fence.leader_addr = "10.0.0.2:8080"
+    refusal = fence.refusal()
+    assert refusal.code is ErrorCode.NOT_LEADER
+    assert "10.0.0.2:8080" in refusal.message
+
+
+def test_closing_the_fence_is_immediate() -> None:
+    fence = Fence(lambda: 0.0)
+    fence.renewed(0.0, 10, 2)
+    fence.close()
+    assert not fence.may_ack()
