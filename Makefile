@@ -36,9 +36,12 @@ test: lint typecheck unit
 conformance: install
 	bash ../shared/conformance/run.sh
 
-## The benchmark matrix (see benchmarks/README.md).
+## The benchmark table (see benchmarks/README.md): this tree, $(PREVIOUS), trio_min, and
+## karma 1.0 when KARMA1=/path/to/its/binary is given (built by you; nothing here builds it).
+PREVIOUS ?= HEAD~1
+KARMA1 ?=
 bench: install
-	$(BIN)/python benchmarks/bench.py --rounds 3
+	$(BIN)/python benchmarks/bench.py --rounds 3 --previous $(PREVIOUS) $(if $(KARMA1),--karma1 $(KARMA1))
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

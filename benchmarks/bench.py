@@ -1,14 +1,20 @@
-"""Side-by-side throughput matrix: karma-trio (WAL off / on / fsync) against a baseline, one run.
+"""Side-by-side throughput: karma-trio against a previous commit, trio_min and karma 1.0, one run.
 
 Uses the C load generator `kbench` (built from ../shared/bench/kbench.c, or $KBENCH_SRC) so that
 the client is not the bottleneck. Prints a table and writes JSON to benchmarks/results/.
 
-    .venv/bin/python benchmarks/bench.py                 # full matrix
+    .venv/bin/python benchmarks/bench.py --rounds 3                        # issue 14's table
+    .venv/bin/python benchmarks/bench.py --rounds 3 --karma1 /path/to/karma --previous main
     .venv/bin/python benchmarks/bench.py --quick         # fewer requests
-    .venv/bin/python benchmarks/bench.py --only wal-off,baseline
+    .venv/bin/python benchmarks/bench.py --only wal-off,trio_min            # the full matrix
     .venv/bin/python benchmarks/bench.py --only wal-on,wal-on+scrape      # metrics overhead
-    .venv/bin/python benchmarks/bench.py --only baseline,wal-off,wal-off@HEAD~1  # vs a commit
+    .venv/bin/python benchmarks/bench.py --only trio_min,wal-off,wal-off@HEAD~1  # vs a commit
+    .venv/bin/python benchmarks/bench.py --only wal-fsync,karma1:wal-fsync --karma1 PATH
     .venv/bin/python benchmarks/bench.py --rounds 5 --workloads sum --only wal-off,wal-off@HEAD
+
+Server names: `trio_min` (../shared/bench/trio_min.py; `baseline` is the old name), `MODE` (this
+tree), `MODE@REV` (a git worktree of REV), `karma1:MODE` (the karma 1.0 binary given with
+`--karma1`; never built or fetched here). MODE is wal-off, wal-on, wal-fsync or wal-on+scrape.
 
 Numbers from one machine vary run to run: compare columns of the same run, not runs, and prefer
 several alternating rounds (the table shows each cell's median) to one.
@@ -29,7 +35,10 @@ import tempfile
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+
+import issue_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_BENCH = Path(os.environ.get("KARMA_SHARED_BENCH", ROOT.parent / "shared" / "bench"))
@@ -46,14 +55,22 @@ COMMON = [
 ]
 
 SERVERS: dict[str, list[str]] = {
-    "baseline": [],  # trio_min.py, filled in main()
     "wal-off": ["--wal=false"],
     "wal-on": ["--wal=true", "--wal-fsync=false"],
     "wal-fsync": ["--wal=true", "--wal-fsync=true"],
     # the same as wal-on, with a Prometheus-like scraper on /metrics every 100 ms
     "wal-on+scrape": ["--wal=true", "--wal-fsync=false"],
 }
-DEFAULT_SERVERS = ["baseline", "wal-off", "wal-on", "wal-fsync"]
+DEFAULT_SERVERS = ["trio_min", "wal-off", "wal-on", "wal-fsync"]
+TRIO_MIN = ("trio_min", "baseline")  # the second: its name before issue 14
+
+
+@dataclass(frozen=True)
+class Options:
+    kbench: Path
+    single: int  # requests per client, single-op workloads
+    batches: int  # requests per client, batch workloads
+    karma1: Path | None = None  # a karma 1.0 binary, for `karma1:MODE` servers
 
 
 class Scraper(threading.Thread):
@@ -160,29 +177,43 @@ def checkout(rev: str) -> Path:
     return tree
 
 
-def run_server(
-    name: str, kbench: Path, single: int, batches: int, chosen: set[str] | None = None
-) -> list[dict[str, object]]:
-    name = name.split("#")[0]
+def server_command(
+    name: str, port: int, directory: Path, options: Options
+) -> tuple[list[str], Path | None, dict[str, str] | None]:
+    """(command, working directory, environment) that starts server `name` on `port`."""
+    if name in TRIO_MIN:
+        return [sys.executable, str(SHARED_BENCH / "trio_min.py"), str(port)], None, None
+    flags = [*COMMON, f"--port={port}", f"--directory={directory}"]
+    if name.startswith("karma1:"):
+        if options.karma1 is None:
+            raise SystemExit(f"{name}: give the karma 1.0 binary with --karma1 PATH")
+        return [str(options.karma1), *flags, *SERVERS[name.removeprefix("karma1:")]], None, None
     mode, _, rev = name.partition("@")
+    if not rev:
+        return [*KARMA, *flags, *SERVERS[mode]], None, None
+    # `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH: without
+    # running inside the checkout, this tree would be measured under the old name
+    tree = checkout(rev)
+    return [*KARMA, *flags, *SERVERS[mode]], tree, {**os.environ, "PYTHONPATH": str(tree)}
+
+
+def run_server(
+    name: str, options: Options, chosen: set[str] | None = None
+) -> list[dict[str, object]]:
+    """Start `name`, run the workloads (all, or those in `chosen`) in order, stop it."""
+    name = name.split("#")[0]
     port = free_port()
     directory = Path(tempfile.mkdtemp(prefix="kbench-"))
-    env = None
-    if name == "baseline":
-        command = [sys.executable, str(SHARED_BENCH / "trio_min.py"), str(port)]
-    else:
-        command = [*KARMA, *COMMON, f"--port={port}", f"--directory={directory}", *SERVERS[mode]]
-    cwd = None
-    if rev:
-        # `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH: without
-        # running inside the checkout, this tree would be measured under the old name
-        cwd = checkout(rev)
-        env = {**os.environ, "PYTHONPATH": str(cwd)}
+    command, cwd, env = server_command(name, port, directory, options)
     scraper = None
     if name.endswith("+scrape"):
         metrics_port = free_port()
         command.append(f"--metrics-port={metrics_port}")
         scraper = Scraper(metrics_port)
+    metrics_port = 0
+    if name == "wal-fsync":  # this tree: entries per fdatasync from karma_wal_batch_entries
+        metrics_port = free_port()
+        command.append(f"--metrics-port={metrics_port}")
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd
     )
@@ -191,29 +222,19 @@ def run_server(
         wait_listening(port, process)
         if scraper is not None:
             scraper.start()
-        for workload, args in workloads(single, batches):
-            if chosen is not None and workload not in chosen and "--setup" not in args:
+        setup = True  # the first workload creates the series (kbench --setup)
+        for workload, args in workloads(options.single, options.batches):
+            if chosen is not None and workload not in chosen:
                 continue
-            generator = [str(kbench)]
-            if kbench == LOADGEN:
-                generator = [sys.executable, str(LOADGEN)]
-                args = [a for a in args if a != "--setup"]
-            cpu_before = cpu_seconds(process.pid)
-            done = subprocess.run(
-                [*generator, f"--port={port}", *args],
-                capture_output=True,
-                text=True,
-                timeout=600,
-                check=False,
-            )
-            try:
-                result = json.loads(done.stdout.strip().splitlines()[-1])
-            except (IndexError, ValueError):
-                result = {"error": done.stderr.strip()[-200:]}
-            requests = result.get("requests")
-            if isinstance(requests, int) and requests:
-                cpu = cpu_seconds(process.pid) - cpu_before
-                result["server_cpu_us"] = round(cpu / requests * 1e6, 2)
+            args = [a for a in args if a != "--setup"] + (["--setup"] if setup else [])
+            setup = False
+            before = wal_batches(metrics_port)
+            result = run_kbench(options.kbench, port, args, process.pid)
+            after = wal_batches(metrics_port)
+            if before is not None and after is not None and after[0] > before[0]:
+                result["entries_per_fsync"] = round(
+                    (after[1] - before[1]) / (after[0] - before[0]), 2
+                )
             rows.append({"server": name, "workload": workload, **result})
     finally:
         if scraper is not None:
@@ -225,6 +246,52 @@ def run_server(
             process.kill()
         shutil.rmtree(directory, ignore_errors=True)
     return rows
+
+
+def run_kbench(kbench: Path, port: int, args: list[str], pid: int) -> dict[str, object]:
+    """One kbench run against `port`: its JSON, plus the server's CPU µs per request."""
+    generator = [str(kbench)]
+    if kbench == LOADGEN:
+        generator = [sys.executable, str(LOADGEN)]
+        args = [a for a in args if a != "--setup"]
+    cpu_before = cpu_seconds(pid)
+    done = subprocess.run(
+        [*generator, f"--port={port}", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    try:
+        result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"error": done.stderr.strip()[-200:]}
+    requests = result.get("requests")
+    if isinstance(requests, int) and requests:
+        cpu = cpu_seconds(pid) - cpu_before
+        result["server_cpu_us"] = round(cpu / requests * 1e6, 2)
+    return result
+
+
+def wal_batches(metrics_port: int) -> tuple[float, float] | None:
+    """(batches, entries) from karma_wal_batch_entries on /metrics, or None."""
+    if not metrics_port:
+        return None
+    try:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{metrics_port}/metrics", timeout=5
+        ) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return None
+    found = {}
+    for line in text.splitlines():
+        for suffix in ("_count", "_sum"):
+            if line.startswith(f"karma_wal_batch_entries{suffix} "):
+                found[suffix] = float(line.split()[1])
+    if len(found) < 2:
+        return None
+    return found["_count"], found["_sum"]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -303,7 +370,9 @@ def print_table(rows: list[dict[str, object]], servers: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests per workload")
-    parser.add_argument("--only", default="", help="comma-separated servers to run")
+    parser.add_argument(
+        "--only", default="", help="comma-separated servers: the full matrix instead of the table"
+    )
     parser.add_argument(
         "--workloads", default="", help="comma-separated workloads (names as in the table)"
     )
@@ -313,30 +382,65 @@ def main() -> None:
         default=1,
         help="run every server this many times, alternating; the table shows medians",
     )
+    parser.add_argument(
+        "--karma1",
+        type=Path,
+        help="a karma 1.0 binary: adds its column (never built or fetched by this script)",
+    )
+    parser.add_argument(
+        "--previous",
+        default="HEAD~1",
+        help="the revision of the table's 'previous' column (default HEAD~1; 'none' omits it)",
+    )
     args = parser.parse_args()
     single, batches = (3000, 40) if args.quick else (10000, 100)
-    servers = args.only.split(",") if args.only else DEFAULT_SERVERS
-    kbench = build_kbench()
+    if args.karma1 is not None and not os.access(args.karma1, os.X_OK):
+        raise SystemExit(f"--karma1 {args.karma1}: not an executable file")
+    options = Options(build_kbench(), single, batches, args.karma1)
+    if args.only:
+        rows = run_matrix(args.only.split(","), args.workloads, args.rounds, options)
+    else:
+        previous = None if args.previous == "none" else args.previous
+        plan = issue_table.Plan(previous, karma1=args.karma1 is not None)
+        rows = run_plan(plan, args.rounds, options)
+        issue_table.print_table(plan, rows, args.rounds)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = RESULTS / f"bench-{stamp}.json"
+    out.write_text(json.dumps(rows, indent=1))
+    print(f"\nJSON written to {out}")
+
+
+def run_plan(plan: issue_table.Plan, rounds: int, options: Options) -> list[dict[str, object]]:
+    """Every server of the table's plan, with only the workloads its cells need, alternating."""
+    rows: list[dict[str, object]] = []
+    for round_ in range(1, rounds + 1):
+        for server, chosen in plan.servers():
+            print(f"round {round_}/{rounds}: {server} ({', '.join(sorted(chosen))})", flush=True)
+            rows.extend({**row, "round": round_} for row in run_server(server, options, chosen))
+    return rows
+
+
+def run_matrix(
+    servers: list[str], workload_names: str, rounds: int, options: Options
+) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     labels: list[str] = []
     seen: dict[str, int] = {}
     for server in servers:
         seen[server] = seen.get(server, 0) + 1
         labels.append(server if seen[server] == 1 else f"{server}#{seen[server]}")
-    chosen = set(args.workloads.split(",")) if args.workloads else None
-    for round_ in range(1, args.rounds + 1):
+    # the single increments always run first: they fill the keys that sum and batch_sum read
+    chosen = {"increment", *workload_names.split(",")} if workload_names else None
+    for round_ in range(1, rounds + 1):
         for server, label in zip(servers, labels, strict=True):
             rows.extend(
                 {**row, "server": label, "round": round_}
-                for row in run_server(server, kbench, single, batches, chosen)
+                for row in run_server(server, options, chosen)
             )
     print_table(rows, labels)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = RESULTS / f"bench-{stamp}.json"
-    out.write_text(json.dumps(rows, indent=1))
     print(json.dumps(rows))
-    print(f"\nJSON written to {out}")
+    return rows
 
 
 if __name__ == "__main__":

@@ -33,16 +33,51 @@ LATENCY_BUCKETS_S: Final = (
 StorageKind = Literal["wal", "files"]
 
 
+#: Upper bounds of the entries-per-WAL-batch histogram: 1 to 4 apart (one write in flight per
+#: client, a few clients), then powers of two up to --wal-batch-size's default of 1024.
+BATCH_ENTRY_BUCKETS: Final = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0)
+
+
 @attrs.define(eq=False, slots=True)
 class Histogram:
-    """Cumulative-at-scrape histogram: one plain int per bucket, bumped per command."""
+    """Cumulative-at-scrape histogram: one plain int per bucket (the last one is +Inf)."""
 
-    counts: list[int] = attrs.field(factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
-    total_s: float = 0.0
+    bounds: tuple[float, ...] = LATENCY_BUCKETS_S
+    counts: list[int] = attrs.field(
+        default=attrs.Factory(lambda self: [0] * (len(self.bounds) + 1), takes_self=True)
+    )
+    total: float = 0.0
 
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
-        self.total_s += seconds
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """(upper bound as Prometheus writes it, observations at or below it), +Inf last."""
+        running, out = 0, []
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += count
+            out.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        return out
+
+
+@attrs.define(eq=False)
+class WalBatches:
+    """How the WAL writer's batches went: entries per write (and per fdatasync with fsync on),
+    and where a batch's time goes, for `GET /metrics` (not system.stats: karma 1.0's shape)."""
+
+    entries: Histogram = attrs.field(factory=lambda: Histogram(BATCH_ENTRY_BUCKETS))
+    #: from the oldest entry's submit to the write starting (gathering plus handing it over)
+    wait_s: Histogram = attrs.field(factory=Histogram)
+    #: the write (+ fdatasync, on the WAL thread, with fsync on) and the reachability stat
+    sync_s: Histogram = attrs.field(factory=Histogram)
+    #: fsync on: the hops of a batch: to the WAL thread if it slept, and back to the loop
+    handoff_s: Histogram = attrs.field(factory=Histogram)
+
+    def one_entry_written(self) -> None:
+        """A write logged on its own, synchronously (fsync off): 1 entry, no wait."""
+        self.entries.counts[0] += 1
+        self.entries.total += 1
 
 
 @attrs.define(eq=False)
@@ -166,6 +201,7 @@ class NodeStatus:
     storage_problems: dict[StorageKind, str] = attrs.field(factory=dict)
     #: refused WAL batches, snapshots and recovery checkpoints since start
     storage_error_count: int = 0
+    wal_batches: WalBatches = attrs.field(factory=WalBatches)
 
     def storage_refused(self, kind: StorageKind, message: str) -> None:
         self.storage_error_count += 1

@@ -9,6 +9,7 @@ the server's own counters, such as failed accepts).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Final
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (
@@ -19,7 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from karma.core.counters import LATENCY_BUCKETS_S, Counters, NodeStatus
+from karma.core.counters import Counters, Histogram, NodeStatus
 from karma.core.report import METRICS
 
 Stats = Callable[[], dict[str, object]]
@@ -64,13 +65,7 @@ class LatencyCollector(Collector):
             labels=["op"],
         )
         for op, histogram in sorted(self.counters.latency_by_op.items()):
-            cumulative, buckets = 0, []
-            for bound, count in zip(
-                (*LATENCY_BUCKETS_S, float("inf")), histogram.counts, strict=True
-            ):
-                cumulative += count
-                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-            family.add_metric([op], buckets, histogram.total_s)
+            family.add_metric([op], histogram.cumulative(), histogram.total)
         yield family
 
 
@@ -94,6 +89,45 @@ class StorageCollector(Collector):
             "1 while the data directory refuses WAL writes or new files (see system.health)",
             value=1 if self.status.storage_problems else 0,
         )
+
+
+class WalCollector(Collector):
+    """The WAL writer's batches: how many entries share a write and an fdatasync (group
+    commit), and where a batch's time goes. `GET /metrics` only."""
+
+    FAMILIES: Final = (
+        (
+            "karma_wal_batch_entries",
+            "WAL entries per batch: one write, and one fdatasync with --wal-fsync=true",
+            "entries",
+        ),
+        (
+            "karma_wal_batch_wait_seconds",
+            "From a batch's oldest submit to its write starting",
+            "wait_s",
+        ),
+        (
+            "karma_wal_sync_seconds",
+            "A batch's write (and fdatasync, with --wal-fsync=true) and karma.wal check",
+            "sync_s",
+        ),
+        (
+            "karma_wal_thread_handoff_seconds",
+            "--wal-fsync=true: the hops of a batch between the event loop and the WAL thread",
+            "handoff_s",
+        ),
+    )
+
+    def __init__(self, status: NodeStatus) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Metric]:
+        batches = self.status.wal_batches
+        for name, help_text, field in self.FAMILIES:
+            histogram: Histogram = getattr(batches, field)
+            family = HistogramMetricFamily(name, help_text)
+            family.add_metric([], histogram.cumulative(), histogram.total)
+            yield family
 
 
 class ServerCollector(Collector):
@@ -137,6 +171,7 @@ def full_registry(stats: Stats, counters: Counters, status: NodeStatus) -> Colle
     ProcessCollector(registry=registry)
     registry.register(LatencyCollector(counters))
     registry.register(StorageCollector(status))
+    registry.register(WalCollector(status))
     registry.register(ServerCollector(counters))
     return registry
 

@@ -1,15 +1,21 @@
 """The WAL writer task: the only writer of karma.wal and the only place the store changes.
 
 Connections submit mutations and wait. The writer takes what is queued (up to
-`--wal-batch-size`, waiting up to `--wal-batch-wait-us` for more), assigns LSNs, writes the
-batch in one call and fsyncs once (group commit) in a worker thread, then applies the batch
-to memory in LSN order and wakes every waiter with its own result. If the write fails, every
-waiter of the batch gets an error and memory is untouched.
+`--wal-batch-size`, waiting up to `--wal-batch-wait-us` for more) and assigns LSNs. A batch is
+applied to memory in LSN order only once it is written (and fsynced, with `--wal-fsync=true`),
+and every waiter of the batch is woken with its own result in the same pass. If the write
+fails, every waiter of the batch gets an error and memory is untouched.
+
+With fsync off the write goes to the page cache from the event loop (microseconds). With fsync
+on, batches are handed to the WAL's own thread (wal_thread.py) without waiting; it writes
+everything handed over since its last fdatasync with one write and one fdatasync, and its
+outcome comes back to `_written` on the event loop, which applies and answers.
 """
 
 from __future__ import annotations
 
 import math
+import time
 
 import attrs
 import trio
@@ -20,6 +26,7 @@ from karma.core.engine import Engine
 from karma.errors import ErrorCode, KarmaError
 from karma.ha.fence import Fence
 from karma.observability.logs import Logger
+from karma.server.wal_thread import Append, WalThread, Written
 from karma.storage import wal_codec
 from karma.storage.wal_files import ActiveWal, WalLostError
 
@@ -37,6 +44,11 @@ class Pending:
     replicated: bool = False
 
 
+Batch = list[Pending]
+#: a batch's lines: (first LSN, bytes, (lsn, offset) of each line)
+Encoded = tuple[int, bytes, list[tuple[int, int]]]
+
+
 @attrs.define(eq=False)
 class WalWriter:
     engine: Engine
@@ -47,16 +59,30 @@ class WalWriter:
     batch_wait_us: int = 0
     _send: trio.MemorySendChannel[Pending] = attrs.field(init=False)
     _receive: trio.MemoryReceiveChannel[Pending] = attrs.field(init=False)
-    _disk: trio.CapacityLimiter = attrs.field(init=False)
+    #: the WAL's own thread: appends with fsync, truncation, reset
+    _thread: WalThread[Batch] = attrs.field(init=False)
     _file_lock: trio.Lock = attrs.field(init=False, factory=trio.Lock)
-    #: True from the moment a batch leaves the queue until it is written and applied
+    #: True from the moment a batch leaves the queue until it is written (fsync off)
     _busy: bool = attrs.field(init=False, default=False)
     #: submitted and not yet taken into a batch (the channel's statistics() costs ~1 µs)
     _queued: int = attrs.field(init=False, default=0)
+    #: perf_counter() when the oldest write still queued was submitted
+    _oldest_s: float = attrs.field(init=False, default=0.0)
+    #: fsync on: the LSN the next batch handed to the thread starts at, and the batches handed
+    #: over and not yet back; `_settled` is set while none are out
+    _next_lsn: int = attrs.field(init=False, default=0)
+    _out: int = attrs.field(init=False, default=0)
+    _settled: trio.Event = attrs.field(init=False, factory=trio.Event)
+    #: a bug met while handling a batch's outcome on the loop; the writer task raises it
+    _crashed: BaseException | None = attrs.field(init=False, default=None)
+    _running: trio.CancelScope = attrs.field(init=False, factory=trio.CancelScope)
+    #: the error of the last batch the disk refused (fsync on)
+    _failure: KarmaError | None = attrs.field(init=False, default=None)
     #: set when karma.wal is found removed or replaced; the recovery task waits on it
     lost: trio.Event = attrs.field(init=False, factory=trio.Event)
     #: the newest write submitted: a denial that writes nothing waits for it (limit_ops)
     _last: Pending | None = attrs.field(init=False, default=None)
+    #: batches written (with fsync on: fdatasync calls, each for every batch handed over)
     batches: int = 0
     #: HA (--ha-etcd): client writes are logged and acknowledged only while the fence is open
     fence: Fence | None = None
@@ -65,13 +91,16 @@ class WalWriter:
         # unbounded: each submitter waits for its own result, so the depth is bounded by the
         # number of connections times the writes one read can carry
         self._send, self._receive = trio.open_memory_channel[Pending](math.inf)
-        self._disk = trio.CapacityLimiter(1)
+        self._thread = WalThread(self.wal, self._written, max_entries=self.batch_size)
+        self._settled.set()
 
     def submit_nowait(
         self, mutation: m.Mutation, *, apply: bool = True, replicated: bool = False
     ) -> Pending:
         pending = Pending(mutation, apply=apply, replicated=replicated)
         self._send.send_nowait(pending)
+        if not self._queued:
+            self._oldest_s = time.perf_counter()  # once per batch, for karma_wal_batch_wait
         self._queued += 1
         self._last = pending
         return pending
@@ -85,23 +114,54 @@ class WalWriter:
         return last.error
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._next_lsn = self._thread.next_lsn = self.status.wal_current_lsn + 1
         task_status.started()
+        try:
+            with self._running:
+                await self._serve()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._settled.wait()  # batches handed over are answered first
+            self._thread.stop()
+        if self._crashed is not None:
+            raise self._crashed
+
+    async def _serve(self) -> None:
         while True:
-            batch = [await self._receive.receive()]
-            self._busy = True
-            await trio.lowlevel.checkpoint()  # let other ready connections queue their writes
-            self._drain(batch)
-            if self.batch_wait_us and len(batch) < self.batch_size:
-                with trio.move_on_after(self.batch_wait_us / 1e6):
-                    while len(batch) < self.batch_size:
-                        batch.append(await self._receive.receive())
-                        self._drain(batch)
-            self._queued -= len(batch)
+            batch, since = await self._gather()
             with trio.CancelScope(shield=True):
                 # a dequeued batch is finished even at shutdown: its clients are waiting
                 async with self._file_lock:
-                    await self._write(batch)
+                    if self.wal.fsync:
+                        self._hand(batch, since)
+                    else:
+                        self._write(batch, since)
             self._busy = False
+
+    async def _gather(self) -> tuple[Batch, float]:
+        """The next batch, once other ready connections had their turn to add to it, and when
+        its oldest write was submitted."""
+        batch = [await self._receive.receive()]
+        self._busy = True
+        await trio.lowlevel.checkpoint()  # let other ready connections queue their writes
+        self._drain(batch)
+        if self.batch_wait_us and len(batch) < self.batch_size:
+            with trio.move_on_after(self.batch_wait_us / 1e6):
+                while len(batch) < self.batch_size:
+                    batch.append(await self._receive.receive())
+                    self._drain(batch)
+        since = self._oldest_s
+        self._queued -= len(batch)
+        if self._queued:
+            self._oldest_s = time.perf_counter()  # beyond --wal-batch-size: counted from now
+        return batch, since
+
+    def _drain(self, batch: Batch) -> None:
+        while len(batch) < self.batch_size:
+            try:
+                batch.append(self._receive.receive_nowait())
+            except trio.WouldBlock:
+                return
 
     def can_write_now(self) -> bool:
         """True when a write may be logged and applied right here, synchronously.
@@ -122,20 +182,103 @@ class WalWriter:
         fence = self.fence
         if fence is not None and not fence.may_ack():
             raise fence.refusal()  # nothing written
-        first, data, starts = self._encode([mutation])
+        first, data, starts = self._encode([mutation], self.status.wal_current_lsn + 1)
         try:
             rotated = self.wal.append(data, starts)
         except OSError as exc:
             raise self._failed(exc, 1) from exc
         self._logged(rotated, first, 1)
+        self.status.wal_batches.one_entry_written()
         response = self.engine.apply(mutation)  # total: on a late refusal nothing changed
         if fence is not None and not fence.may_ack():
             raise fence.refusal()  # logged, but past the deadline: never acknowledged
         return response
 
-    def _encode(self, mutations: list[m.Mutation]) -> tuple[int, bytes, list[tuple[int, int]]]:
-        """The batch's lines, numbered from the next LSN: (first LSN, bytes, line starts)."""
-        first = self.status.wal_current_lsn + 1
+    # --- fsync off: written from the loop --------------------------------------------------------
+    def _write(self, batch: Batch, since: float) -> None:
+        batch = self._fenced(batch)
+        if not batch:
+            return
+        first, data, starts = self._encode(
+            [pending.mutation for pending in batch], self.status.wal_current_lsn + 1
+        )
+        started = time.perf_counter()
+        try:
+            rotated = self.wal.append(data, starts)
+        except OSError as exc:
+            self._fail(batch, self._failed(exc, len(batch)))
+            return
+        stats = self.status.wal_batches
+        stats.entries.observe(len(batch))
+        stats.wait_s.observe(started - since)
+        stats.sync_s.observe(time.perf_counter() - started)
+        self._logged(rotated, first, len(batch))
+        self.batches += 1
+        self._apply(batch)
+
+    # --- fsync on: written on the WAL thread -----------------------------------------------------
+    def _hand(self, batch: Batch, since: float) -> None:
+        """Number and encode `batch`, and give it to the WAL thread without waiting."""
+        batch = self._fenced(batch)
+        if not batch:
+            return
+        first, data, starts = self._encode([pending.mutation for pending in batch], self._next_lsn)
+        self._next_lsn = first + len(batch)
+        if not self._out:
+            self._settled = trio.Event()
+        self._out += 1
+        self._thread.append(Append(first, len(batch), data, starts, batch, since))
+
+    def _written(self, written: Written[Batch]) -> None:
+        """On the event loop (the WAL thread's run_sync_soon): apply and answer, or fail.
+
+        Written batches arrive in LSN order. A failed group was cut from the file; the batches
+        handed over after it were numbered to follow it, so the thread refuses them unwritten
+        (wal_thread.NotContinuousError), and numbering starts again after the last LSN written.
+        """
+        try:
+            self._settle(written)
+        except BaseException as exc:  # noqa: BLE001 - a bug: the writer task raises it
+            self._crashed = exc
+            self._running.cancel()
+        self._out -= len(written.appends)
+        if not self._out:
+            self._settled.set()
+
+    def _settle(self, written: Written[Batch]) -> None:
+        self._observe(written)
+        entries = written.entries
+        if written.error is None:
+            self._logged(written.rotated, written.appends[0].first, entries, written.wal_bytes)
+            self.batches += 1
+            for append in written.appends:
+                self._apply(append.payload)
+            return
+        if written.refused and self._failure is not None:
+            error = self._failure  # numbered after a failed batch: answered as that one was
+        else:
+            error = self._failure = self._failed(written.error, entries)
+            self._next_lsn = self.status.wal_current_lsn + 1
+        for append in written.appends:
+            self._fail(append.payload, error)
+
+    def _observe(self, written: Written[Batch]) -> None:
+        if written.refused:
+            return
+        stats = self.status.wal_batches
+        stats.entries.observe(written.entries)
+        stats.sync_s.observe(written.finished_s - written.started_s)
+        for append in written.appends:
+            stats.wait_s.observe(written.started_s - append.since_s)
+        hops = time.perf_counter() - written.finished_s  # the result back to the loop
+        if written.waited:  # and the thread was woken for this group
+            hops += written.woke_s - written.appends[0].handed_s
+        stats.handoff_s.observe(hops)
+
+    # --- both ------------------------------------------------------------------------------------
+    @staticmethod
+    def _encode(mutations: list[m.Mutation], first: int) -> Encoded:
+        """The batch's lines, numbered from `first`: (first LSN, bytes, line starts)."""
         parts: list[bytes] = []
         starts: list[tuple[int, int]] = []
         offset = 0
@@ -177,43 +320,50 @@ class WalWriter:
             self.lost = trio.Event()
             self.log.info("wal.recovered", path=str(self.wal.directory / "karma.wal"))
 
-    def _logged(self, rotated: str | None, first: int, count: int) -> None:
+    def _logged(
+        self, rotated: str | None, first: int, count: int, wal_bytes: int | None = None
+    ) -> None:
         if self.status.storage_problems:  # one dict test per write while all is well
             self.status.storage_recovered("wal")
         if rotated is not None:
             self.log.info("wal.rotate", segment=rotated, first_lsn_after=first)
         self.status.wal_current_lsn = first + count - 1
-        self.status.wal_bytes = self.wal.total_bytes
+        self.status.wal_bytes = self.wal.total_bytes if wal_bytes is None else wal_bytes
 
     async def reset_to(self, lsn: int) -> None:
         """Empty the WAL and continue numbering after `lsn` (a replica's new bootstrap)."""
         async with self._file_lock:
-            await trio.to_thread.run_sync(self.wal.reset_to, lsn, limiter=self._disk)
+            await self._settled.wait()
+            await self._thread.run(self._reset_on_thread, lsn)
             self.status.wal_current_lsn = lsn
+            self._next_lsn = lsn + 1
             self.status.wal_bytes = self.wal.total_bytes
+
+    def _reset_on_thread(self, lsn: int) -> None:
+        self.wal.reset_to(lsn)
+        self._thread.next_lsn = lsn + 1
 
     async def truncate_through(self, lsn: int) -> None:
         """Drop WAL records <= lsn, between batches (this task owns the file)."""
         async with self._file_lock:
-            await trio.to_thread.run_sync(
-                self.wal.truncate_through, lsn, self.status.wal_current_lsn, limiter=self._disk
-            )
+            await self._settled.wait()  # the LSN file gets the last LSN written
+            await self._thread.run(self.wal.truncate_through, lsn, self.status.wal_current_lsn)
             self.status.wal_bytes = self.wal.total_bytes
             self.log.info("wal.truncate", through_lsn=lsn, wal_bytes=self.wal.total_bytes)
 
-    def _drain(self, batch: list[Pending]) -> None:
-        while len(batch) < self.batch_size:
-            try:
-                batch.append(self._receive.receive_nowait())
-            except trio.WouldBlock:
-                return
+    def _fail(self, batch: Batch, error: KarmaError) -> None:
+        """The batch was not written: every waiter gets `error`, nothing was applied."""
+        for pending in batch:
+            self.engine.limits.unpend(pending.mutation)  # a limit effect no longer pending
+            pending.error = error
+            pending.done.set()
 
-    def _fenced(self, batch: list[Pending]) -> list[Pending]:
+    def _fenced(self, batch: Batch) -> Batch:
         """`batch` without the client writes the fence refuses now (they are answered)."""
         fence = self.fence
         if fence is None or fence.may_ack():
             return batch
-        kept: list[Pending] = []
+        kept: Batch = []
         for pending in batch:
             if pending.replicated:
                 kept.append(pending)
@@ -228,27 +378,8 @@ class WalWriter:
         fence = self.fence
         return fence is not None and not pending.replicated and not fence.may_ack()
 
-    async def _write(self, batch: list[Pending]) -> None:
-        batch = self._fenced(batch)
-        if not batch:
-            return
-        first, data, starts = self._encode([pending.mutation for pending in batch])
-        try:
-            if self.wal.fsync:
-                rotated = await trio.to_thread.run_sync(
-                    self.wal.append, data, starts, limiter=self._disk
-                )
-            else:
-                rotated = self.wal.append(data, starts)  # page cache: microseconds, no thread
-        except OSError as exc:
-            failure = self._failed(exc, len(batch))
-            for pending in batch:
-                self.engine.limits.unpend(pending.mutation)  # a limit effect no longer pending
-                pending.error = failure
-                pending.done.set()
-            return
-        self._logged(rotated, first, len(batch))
-        self.batches += 1
+    def _apply(self, batch: Batch) -> None:
+        """The batch is logged: apply it in LSN order and wake every waiter, in one pass."""
         for pending in batch:
             if not pending.apply:
                 pending.done.set()

@@ -87,6 +87,40 @@ def test_metrics_are_scraped_over_http_during_load(proc: Proc) -> None:
         urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/other", timeout=10)
 
 
+def test_metrics_show_how_many_writes_share_each_fdatasync(proc: Proc) -> None:
+    metrics_port = free_port()
+    proc.start("--wal=true", "--wal-fsync=true", f"--metrics-port={metrics_port}")
+
+    def write(key: int) -> None:  # one write in flight, each waiting for its fsynced answer
+        client = Client(proc.port)
+        for _ in range(50):
+            assert client.call("counter.increment", series="s", key=key)["success"] is True
+        client.close()
+
+    writers = [threading.Thread(target=write, args=(key,)) for key in range(4)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=60)
+    metrics = scrape(metrics_port)
+    fsyncs = metrics["karma_wal_batch_entries_count"]
+    assert metrics["karma_wal_batch_entries_sum"] == 200  # every write in exactly one batch
+    assert 1 <= fsyncs <= 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as page:
+        text = page.read().decode()
+    (entries,) = [
+        f for f in text_string_to_metric_families(text) if f.name == "karma_wal_batch_entries"
+    ]
+    assert entries.type == "histogram"
+    buckets = {s.labels["le"]: s.value for s in entries.samples if s.name.endswith("_bucket")}
+    assert buckets["1.0"] <= buckets["4.0"] <= buckets["+Inf"] == fsyncs
+    for family in ("sync", "thread_handoff"):
+        assert metrics[f"karma_wal_{family}_seconds_count"] == fsyncs
+        assert metrics[f"karma_wal_{family}_seconds_sum"] > 0
+    assert metrics["karma_wal_batch_wait_seconds_count"] >= fsyncs  # one per batch handed over
+    print(f"{200 / fsyncs:.2f} writes per fdatasync")
+
+
 def test_system_metrics_has_exactly_karma_1_0_names(proc: Proc) -> None:
     proc.start()
     client = Client(proc.port)
