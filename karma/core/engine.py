@@ -21,7 +21,7 @@ from karma.core.budget import AnyBudget
 from karma.core.counters import Counters
 from karma.core.idempotency import IdempotencyTable, Record
 from karma.core.ingest import Ingest
-from karma.core.limits import Limits
+from karma.core.limits import Limits, adds_of
 from karma.core.series import Series
 from karma.core.store import SELF_CHECKING, Store
 from karma.protocol import envelope
@@ -82,7 +82,7 @@ class Engine:
         elif isinstance(mutation, m.IngestAbort):
             self.ingest.check_abort(mutation)
         elif isinstance(mutation, m.LIMIT_EFFECTS):
-            self.check_adds(_limit_adds(mutation))
+            self.check_adds(adds_of(mutation))
         elif not isinstance(mutation, m.IdempotencyPrune):
             self.store.check(mutation)
         return mutation if answer is None else Immediate(answer)
@@ -133,26 +133,32 @@ class Engine:
 
     def _apply_limit(self, mutation: m.LimitApply | m.LimitHold | m.LimitSettle) -> object:
         self.limits.unpend(mutation)
-        adds = _limit_adds(mutation)
+        adds = adds_of(mutation)
         self.check_adds(adds)  # all or nothing: every add is checked before the first lands
         self._add_all(adds)
-        if isinstance(mutation, m.LimitApply):
+        self._limit_state(mutation)
+        return mutation.answer
+
+    def _limit_state(self, mutation: m.LimitApply | m.LimitHold | m.LimitSettle) -> None:
+        """What a limit effect changes besides counters: a keyed consume's record, holds."""
+        if isinstance(mutation, m.LimitHold):
+            self.limits.apply_hold(mutation)
+        elif isinstance(mutation, m.LimitSettle):
+            self.limits.apply_settle(mutation)
+            max_age = self.idempotency.max_age_seconds
+            if max_age:  # settled ids are keys: the same retention, by the entry's own time
+                self.limits.prune_settled(mutation.settled_at_unix - max_age)
+        else:
             self.limits.entries += 1
             if mutation.idempotency_key is not None:
-                created = mutation.idempotency_created_at_unix or 0
                 record = Record(
                     mutation.idempotency_key,
                     LIMIT_CONSUME,
                     mutation.fingerprint or "",
                     mutation.answer,
-                    created,
+                    mutation.idempotency_created_at_unix or 0,
                 )
                 self.idempotency.remember(record)
-        elif isinstance(mutation, m.LimitHold):
-            self.limits.apply_hold(mutation)
-        else:
-            self.limits.apply_settle(mutation)
-        return mutation.answer
 
     def _add_all(self, adds: list[m.Add]) -> None:
         for series, key, bucket, amount in adds:
@@ -168,27 +174,11 @@ class Engine:
         """A limit effect from the WAL or a master: each add only where that series' snapshot
         is older than the entry; holds, settlements and records only where the limits sidecar
         is."""
-        adds = [add for add in _limit_adds(mutation) if series_behind(add[0])]
+        adds = [add for add in adds_of(mutation) if series_behind(add[0])]
         self.check_adds(adds)  # as when it was applied live: all or nothing
         self._add_all(adds)
-        if not state_effect:
-            return
-        if isinstance(mutation, m.LimitApply):
-            self.limits.entries += 1
-            if mutation.idempotency_key is not None:
-                self.idempotency.remember(
-                    Record(
-                        mutation.idempotency_key,
-                        LIMIT_CONSUME,
-                        mutation.fingerprint or "",
-                        mutation.answer,
-                        mutation.idempotency_created_at_unix or 0,
-                    )
-                )
-        elif isinstance(mutation, m.LimitHold):
-            self.limits.apply_hold(mutation)
-        else:
-            self.limits.apply_settle(mutation)
+        if state_effect:
+            self._limit_state(mutation)
 
     def limits_document(self, last_lsn: int) -> bytes:
         """`karma.limits.json`: holds, settled ids and the limit ops' idempotency records, as
@@ -453,12 +443,6 @@ _NORMALIZE: Final[dict[type, Callable[[Any, int, int], m.Mutation]]] = {
 #: idempotency records of limit ops: the same keyspace as karma 1.0's, kept in karma.limits.json
 LIMIT_CONSUME: Final = "limit_consume"
 LIMIT_OPERATIONS: Final = frozenset({LIMIT_CONSUME})
-
-
-def _limit_adds(mutation: m.Mutation) -> list[m.Add]:
-    if isinstance(mutation, m.LimitApply | m.LimitSettle):
-        return list(mutation.add)
-    return []
 
 
 def _point(cls: type[m.PointMutation], q: r.Increment, today: int, now: int) -> m.PointMutation:

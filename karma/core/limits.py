@@ -275,6 +275,7 @@ class Limits:
             answer = previous.reserve_answer
         else:
             items, fingerprint, answer = [], "", None
+        self.settled.pop(mutation.id, None)  # re-inserted last: settlement order (prune_settled)
         self.settled[mutation.id] = Settled(
             mutation.id,
             mutation.outcome,
@@ -324,11 +325,16 @@ class Limits:
             )
 
     def prune_settled(self, before_unix: int) -> int:
-        """Forget settled ids older than the idempotency retention (they are keys too)."""
-        doomed = [sid for sid, done in self.settled.items() if done.at < before_unix]
-        for sid in doomed:
+        """Forget settled ids older than `before_unix`, oldest first (they are keys too, kept
+        for the idempotency retention). Settled ids are kept in settlement order, so this
+        stops at the first one young enough: no scan of the rest."""
+        pruned = 0
+        for sid in list(self.settled):
+            if self.settled[sid].at >= before_unix:
+                break
             del self.settled[sid]
-        return len(doomed)
+            pruned += 1
+        return pruned
 
 
 def _add(item: Iterable[Any]) -> m.Add:

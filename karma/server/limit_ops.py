@@ -196,7 +196,7 @@ async def check(node: Node, req: lr.LimitCheck) -> bytes:
     today, now = node.clock()
     charges = charges_of(req, today)
     for charge in charges:
-        if not engine.limits.knows(charge.series):
+        if charge.series not in engine.store.series and not engine.limits.knows(charge.series):
             engine.store.get(charge.series)  # not_found, as every read of a missing series
     decisions = engine.limits.decide(engine.store, charges, today, now, _now_ms())
     await _durable_so_far(node)

@@ -48,9 +48,6 @@ class SnapshotFile:
         except (OSError, ValueError):
             return None
 
-    def has_meta(self) -> bool:
-        return self.stored_meta() is not None
-
     def meta(self) -> Meta:
         """The sidecar, or what can be derived without one (karma 1.0: `last_lsn` 0)."""
         meta = self.stored_meta()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from karma.core import mutations as m
 from karma.core import windows as w
+from karma.core.engine import Engine
+from karma.core.idempotency import IdempotencyTable
 from karma.core.limits import Charge, Limits
 from karma.core.store import Store
 
@@ -70,3 +72,20 @@ def test_a_pending_void_keeps_counting_its_hold_until_it_is_written() -> None:
     limits = held_limits(8)
     limits.pend(m.LimitSettle(id="r-1", outcome="voided", add=[], settled_at_unix=NOW))
     assert seen(limits) == (0, 8, True)
+
+
+def test_settled_ids_are_forgotten_after_the_idempotency_retention() -> None:
+    engine = Engine(idempotency=IdempotencyTable(max_age_seconds=3600))
+    for n, at in enumerate((NOW, NOW + 60, NOW + 7200)):
+        hold_id = f"r-{n}"
+        engine.apply(
+            m.LimitHold(
+                id=hold_id,
+                items=[("tokens", 1, TODAY, 1)],
+                expires_at_unix_ms=(at + 60) * 1000,
+                created_at_unix=at,
+            )
+        )
+        engine.apply(m.LimitSettle(id=hold_id, outcome="voided", add=[], settled_at_unix=at))
+    # the third settlement is two hours later: the first two are past the one-hour retention
+    assert list(engine.limits.settled) == ["r-2"]
