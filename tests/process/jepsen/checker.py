@@ -1,0 +1,325 @@
+"""The checker: what a finished run's history and the nodes' logs must satisfy (spec/ha.md §4).
+
+Pure functions over the history (tests.process.jepsen.history), the nodes' JSON log lines, the
+nemesis' events and the final reads; no process is touched here, so the unit tests feed it
+made-up histories.
+
+Checks, for keyed `counter.increment` of 1 (Maelstrom's pn_counter, grow-only):
+- per key, Σok ≤ final ≤ Σok + Σinfo. Above the upper bound a write counted twice or appeared
+  from nowhere: always a failure. Below Σok acknowledged writes were lost: a failure in
+  `replicated:N` mode; in async mode it is reported against spec §3's bound (what the master
+  acknowledged in its last poll interval before it died or froze).
+- one acking node per term (the term an answer carries, or, where answers carry none, the
+  term the acking node last logged `ha.promoted` for);
+- no ack after its node's deadline: an ack by node N in term T was sent (client clock) before
+  the latest `deadline_unix` N logged (`ha.renewed`) for T at or before the ack came back;
+- fencing order: every ack of term T was sent before the first ack of any later term came back
+  (the old master's gate closes before the new leader can exist);
+- no idempotency_conflict: a retry sends the same payload under the same key;
+- after convergence every node's sums equal the leader's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+
+import attrs
+
+from tests.process.jepsen.history import Attempt, Op
+
+#: nemesis events after which another node must take over (failover times are measured for these)
+MASTER_FAULTS = frozenset({"kill_master", "pause_master"})
+
+
+@attrs.frozen
+class LogEvent:
+    node: str
+    #: wall clock of the line (its `timestamp`, millisecond precision, truncated)
+    at: float
+    event: str
+    fields: Mapping[str, object]
+
+
+@attrs.frozen
+class NemesisEvent:
+    kind: str
+    target: str
+    start: float
+    end: float
+
+
+def parse_log(node: str, text: str) -> list[LogEvent]:
+    """A node's stderr: JSON lines (other lines, e.g. a traceback, are skipped)."""
+    events = []
+    for line in text.splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            record = json.loads(line)
+            at = dt.datetime.fromisoformat(record["timestamp"]).timestamp()
+        except (ValueError, KeyError, TypeError):
+            continue
+        events.append(LogEvent(node, at, str(record.get("event")), record))
+    return events
+
+
+@attrs.frozen
+class Ack:
+    op: Op
+    attempt: Attempt
+    term: int
+
+
+@attrs.define
+class Report:
+    mode: str
+    seed: int
+    ops: Counter[str]
+    events: Counter[str]
+    #: per key: (Σok, Σinfo, final)
+    keys: dict[int, tuple[int, int, int]]
+    lost: int
+    #: acks the dying or frozen master sent in its last poll-window before each master fault
+    loss_bound: int
+    terms: dict[int, list[str]]
+    failovers: list[tuple[str, float | None]]
+    deadline_checked: int
+    term_source: str
+    violations: list[str] = attrs.field(factory=list)
+    notes: list[str] = attrs.field(factory=list)
+
+    def table(self) -> str:
+        failovers = ", ".join(
+            f"{kind} {'-' if s is None else f'{s:.2f}s'}" for kind, s in self.failovers
+        )
+        rows = [
+            ("seed", str(self.seed)),
+            ("mode", self.mode),
+            ("events", ", ".join(f"{k} {n}" for k, n in sorted(self.events.items()))),
+            ("ops", ", ".join(f"{k} {self.ops[k]}" for k in ("ok", "fail", "info"))),
+            (
+                "keys (ok/info/final)",
+                "; ".join(
+                    f"{k}: {ok}/{info}/{final}" for k, (ok, info, final) in self.keys.items()
+                ),
+            ),
+            ("lost acked writes", f"{self.lost} (bound estimate {self.loss_bound})"),
+            ("failovers", failovers or "-"),
+            (
+                "terms (acking node)",
+                ", ".join(f"{t}:{'+'.join(ns)}" for t, ns in sorted(self.terms.items())),
+            ),
+            ("term from", self.term_source),
+            ("acks checked vs deadline", str(self.deadline_checked)),
+            ("notes", "; ".join(self.notes) or "-"),
+            ("violations", "; ".join(self.violations) or "none"),
+        ]
+        width = max(len(name) for name, _ in rows)
+        return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+    def line(self) -> str:
+        return "JEPSEN " + json.dumps(
+            {
+                "seed": self.seed,
+                "mode": self.mode,
+                "events": dict(self.events),
+                "ops": {k: self.ops[k] for k in ("ok", "fail", "info")},
+                "lost": self.lost,
+                "loss_bound": self.loss_bound,
+                "failover_s": [s for _, s in self.failovers],
+                "terms": {str(t): ns for t, ns in sorted(self.terms.items())},
+                "violations": self.violations,
+            },
+            sort_keys=True,
+        )
+
+
+def promotions(logs: Iterable[LogEvent]) -> dict[str, list[tuple[float, int]]]:
+    found: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    for e in logs:
+        if e.event == "ha.promoted" and isinstance(e.fields.get("term"), int):
+            found[e.node].append((e.at, int(str(e.fields["term"]))))
+    return found
+
+
+def renewals(logs: Iterable[LogEvent]) -> dict[tuple[str, int], list[tuple[float, float]]]:
+    """(node, term) -> [(logged at, deadline_unix)] in log order."""
+    found: dict[tuple[str, int], list[tuple[float, float]]] = defaultdict(list)
+    for e in logs:
+        term, deadline = e.fields.get("term"), e.fields.get("deadline_unix")
+        if isinstance(term, int) and isinstance(deadline, int | float) and term:
+            found[(e.node, term)].append((e.at, float(deadline)))
+    return found
+
+
+def acks(ops: Sequence[Op], logs: Sequence[LogEvent]) -> tuple[list[Ack], str]:
+    """Every acknowledged op with its term: the answer's own, else the node's last promotion."""
+    promoted = promotions(logs)
+    found = []
+    sources = set()
+    for op in ops:
+        attempt = op.ack
+        if attempt is None:
+            continue
+        if attempt.term is not None:
+            term = attempt.term
+            sources.add("answers")
+        else:
+            starts = [t for at, t in promoted.get(attempt.node, []) if at <= attempt.done]
+            term = starts[-1] if starts else 0
+            sources.add("ha.promoted logs")
+        found.append(Ack(op, attempt, term))
+    return found, " and ".join(sorted(sources)) or "-"
+
+
+def check_terms(found: Sequence[Ack]) -> tuple[dict[int, list[str]], list[str]]:
+    nodes: dict[int, set[str]] = defaultdict(set)
+    for ack in found:
+        nodes[ack.term].add(ack.attempt.node)
+    violations = [
+        f"term {term} acked by {len(ns)} nodes: {sorted(ns)}"
+        for term, ns in sorted(nodes.items())
+        if len(ns) > 1
+    ]
+    if 0 in nodes:
+        violations.append(f"{sum(a.term == 0 for a in found)} acks with no known term")
+    return {t: sorted(ns) for t, ns in nodes.items()}, violations
+
+
+def check_deadlines(found: Sequence[Ack], logs: Sequence[LogEvent]) -> tuple[int, list[str]]:
+    """Each ack was sent before the deadline its node had logged for its term by then."""
+    renewed = renewals(logs)
+    checked = 0
+    violations = []
+    for ack in found:
+        a = ack.attempt
+        known = [deadline for at, deadline in renewed.get((a.node, ack.term), []) if at <= a.done]
+        checked += 1
+        if not known:
+            violations.append(
+                f"{a.node} acked {ack.op.idempotency_key} in term {ack.term} with no"
+                f" deadline logged for that term before {a.done:.3f}"
+            )
+        elif a.sent >= known[-1]:
+            violations.append(
+                f"{a.node} acked {ack.op.idempotency_key} in term {ack.term}, sent at"
+                f" {a.sent:.3f}, after its deadline {known[-1]:.3f}"
+            )
+    return checked, violations
+
+
+def check_fencing_order(found: Sequence[Ack]) -> list[str]:
+    """No ack of a term was sent after an ack of a later term had come back."""
+    first_done: dict[int, float] = {}
+    for ack in found:
+        first_done[ack.term] = min(first_done.get(ack.term, ack.attempt.done), ack.attempt.done)
+    later_min: dict[int, float] = {}
+    running = float("inf")
+    for term in sorted(first_done, reverse=True):
+        later_min[term] = running
+        running = min(running, first_done[term])
+    return [
+        f"{ack.attempt.node} acked {ack.op.idempotency_key} in term {ack.term}, sent at"
+        f" {ack.attempt.sent:.3f}, after a later term's first ack at {later_min[ack.term]:.3f}"
+        for ack in found
+        if ack.attempt.sent >= later_min[ack.term]
+    ]
+
+
+def failover_times(
+    found: Sequence[Ack], events: Sequence[NemesisEvent]
+) -> list[tuple[str, float | None]]:
+    """From each master fault to the first ack of a newer term (None: no newer term acked)."""
+    by_done = sorted(found, key=lambda a: a.attempt.done)
+    times: list[tuple[str, float | None]] = []
+    for event in events:
+        if event.kind not in MASTER_FAULTS:
+            continue
+        before = [a.term for a in by_done if a.attempt.done <= event.start]
+        term = max(before, default=0)
+        after = next((a for a in by_done if a.attempt.done > event.start and a.term > term), None)
+        times.append((event.kind, None if after is None else after.attempt.done - event.start))
+    return times
+
+
+def loss_bound(found: Sequence[Ack], events: Sequence[NemesisEvent], window_s: float) -> int:
+    """spec §3's async bound, estimated: what the faulted master acked in its last `window_s`."""
+    total = 0
+    for event in events:
+        if event.kind in MASTER_FAULTS:
+            total += sum(
+                1
+                for a in found
+                if a.attempt.node == event.target
+                and event.start - window_s <= a.attempt.done <= event.start
+            )
+    return total
+
+
+def check(
+    *,
+    mode: str,
+    seed: int,
+    ops: Sequence[Op],
+    logs: Sequence[LogEvent],
+    events: Sequence[NemesisEvent],
+    final: Mapping[int, int],
+    replicas: Mapping[str, Mapping[int, int]],
+    poll_window_s: float,
+) -> Report:
+    found, term_source = acks(ops, logs)
+    terms, violations = check_terms(found)
+    notes = []
+    if any(e.event == "ha.renewed" for e in logs):
+        deadline_checked, late = check_deadlines(found, logs)
+        violations += late
+    else:
+        deadline_checked = 0
+        notes.append("no ha.renewed lines in the nodes' logs: deadline check not run")
+    violations += check_fencing_order(found)
+
+    ok: Counter[int] = Counter(op.key for op in ops if op.type == "ok")
+    info: Counter[int] = Counter(op.key for op in ops if op.type == "info")
+    keys = {}
+    lost = 0
+    for key in sorted(set(ok) | set(info) | set(final)):
+        value = final.get(key, 0)
+        keys[key] = (ok[key], info[key], value)
+        if value > ok[key] + info[key]:
+            violations.append(f"key {key}: final {value} > Σok {ok[key]} + Σinfo {info[key]}")
+        lost += max(0, ok[key] - value)
+    if lost and mode != "async":
+        violations.append(f"{lost} acknowledged {mode} writes lost")
+    bound = loss_bound(found, events, poll_window_s)
+    if lost and mode == "async":
+        notes.append(
+            f"{lost} acked async writes lost "
+            f"({'within' if lost <= bound else 'ABOVE'} the bound estimate {bound})"
+        )
+    conflicts = sum(
+        a.code == "idempotency_conflict" for op in ops for a in op.attempts if a.outcome == "error"
+    )
+    if conflicts:
+        violations.append(f"{conflicts} retries answered idempotency_conflict")
+    for node, sums in sorted(replicas.items()):
+        differ = {k: (sums.get(k, 0), v) for k, v in final.items() if sums.get(k, 0) != v}
+        if differ:
+            violations.append(f"{node}'s sums differ from the leader's: {differ}")
+    return Report(
+        mode=mode,
+        seed=seed,
+        ops=Counter(op.type for op in ops),
+        events=Counter(e.kind for e in events),
+        keys=keys,
+        lost=lost,
+        loss_bound=bound,
+        terms=terms,
+        failovers=failover_times(found, events),
+        deadline_checked=deadline_checked,
+        term_source=term_source,
+        violations=violations,
+        notes=notes,
+    )

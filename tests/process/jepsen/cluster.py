@@ -1,0 +1,155 @@
+"""The group under test: etcd (three members) and three karma-trio nodes on loopback.
+
+The nodes run with test_ha.py's flags (ttl 3 s, loop_wait 1 s, polls every 100 ms, no fsync: a
+SIGKILLed process loses nothing the kernel has) plus `--log-level=debug`, so each logs
+`ha.renewed` (term, deadline_unix) on every lease renewal while it leads.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+from tests.process.etcd import Etcd
+
+try:  # TEMPORARY until issue16-etcd3 lands
+    from tests.process.etcd import EtcdCluster  # type: ignore[attr-defined]
+except ImportError:
+
+    class EtcdCluster:  # type: ignore[no-redef]
+        def __init__(self, directory: Path, size: int) -> None:
+            self.members = [Etcd(directory)]
+            self.url = self.members[0].url
+
+        def start(self) -> None:
+            self.members[0].start()
+
+        def stop(self) -> None:
+            self.members[0].stop()
+
+
+from tests.process.jepsen.checker import LogEvent, parse_log
+from tests.process.proc import Proc
+
+TTL = 3
+LOOP_WAIT = 1.0
+POLL_MS = 100
+BUCKET = 20260501
+SERIES = "s"
+NODES = ("n0", "n1", "n2")
+
+
+class Group:
+    def __init__(self, root: Path, *, etcd_members: int = 3) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.etcd = EtcdCluster(root / "etcd", size=etcd_members)
+        self.root = root
+        self.nodes: dict[str, Proc] = {}
+        #: nodes stopped with SIGSTOP (not asked anything until SIGCONT)
+        self.paused: set[str] = set()
+        #: nodes SIGKILLed and not restarted yet
+        self.dead: set[str] = set()
+
+    def start(self) -> None:
+        self.etcd.start()
+        for name in NODES:
+            self.nodes[name] = Proc(
+                self.root / name,
+                f"--ha-etcd={self.etcd.url}",
+                "--ha-cluster=jepsen",
+                f"--ha-node={name}",
+                f"--ha-ttl={TTL}",
+                f"--ha-loop-wait={LOOP_WAIT}",
+                f"--replication-poll-interval-ms={POLL_MS}",
+                "--wal-fsync=false",
+                "--log-level=debug",
+            )
+        for proc in self.nodes.values():
+            proc.start()
+
+    def close(self) -> None:
+        """Kill every node (SIGKILL works on stopped ones too), then stop etcd."""
+        try:
+            for proc in self.nodes.values():
+                proc.close()
+        finally:
+            self.etcd.stop()
+
+    # --- addresses ----------------------------------------------------------------------------
+    def ports(self) -> dict[str, int]:
+        return {name: proc.port for name, proc in self.nodes.items()}
+
+    def up(self) -> list[str]:
+        return [n for n in self.nodes if n not in self.paused and n not in self.dead]
+
+    # --- faults -------------------------------------------------------------------------------
+    def kill(self, name: str) -> None:
+        self.nodes[name].kill()
+        self.dead.add(name)
+
+    def restart(self, name: str) -> None:
+        self.nodes[name].start(same_port=True)
+        self.dead.discard(name)
+
+    def pause(self, name: str) -> None:
+        self.nodes[name].signal(signal.SIGSTOP)
+        self.paused.add(name)
+
+    def resume(self, name: str) -> None:
+        self.nodes[name].signal(signal.SIGCONT)
+        self.paused.discard(name)
+
+    def etcd_members(self) -> list[Etcd]:
+        return list(self.etcd.members)
+
+    # --- reading ------------------------------------------------------------------------------
+    def call(
+        self, name: str, op: str, timeout: float = 2.0, **fields: Any
+    ) -> dict[str, Any] | None:
+        """One request on a fresh connection; None when the node does not answer in time."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.nodes[name].port), timeout) as sock:
+                sock.sendall(json.dumps({"v": 2, "op": op, **fields}).encode() + b"\n")
+                data = b""
+                while not data.endswith(b"\n"):
+                    chunk = sock.recv(1 << 16)
+                    if not chunk:
+                        return None
+                    data += chunk
+        except OSError:
+            return None
+        answer: dict[str, Any] = json.loads(data)
+        return answer
+
+    def master(self) -> str | None:
+        """The node that says it is master (leading and before its deadline), if one does."""
+        for name in self.up():
+            answer = self.call(name, "cluster.topology", timeout=1.0)
+            if answer is not None and answer["success"] and answer["response"]["role"] == "master":
+                return name
+        return None
+
+    def sums(self, name: str, keys: list[int]) -> dict[int, int] | None:
+        found = {}
+        for key in keys:
+            answer = self.call(
+                name, "counter.sum", series=SERIES, key=key, from_day=BUCKET, to_day=BUCKET
+            )
+            if answer is None:
+                return None
+            if answer.get("error_code") == "not_found":
+                found[key] = 0  # nothing of this series or key here (yet)
+            elif answer.get("success"):
+                found[key] = int(answer["response"])
+            else:
+                return None
+        return found
+
+    def logs(self) -> list[LogEvent]:
+        events = []
+        for name, proc in self.nodes.items():
+            events += parse_log(name, proc.stderr())
+        return events

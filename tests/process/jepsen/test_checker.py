@@ -1,0 +1,145 @@
+"""The Jepsen checker on made-up histories: each safety check catches the fault it names."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+import pytest
+
+from tests.process.jepsen.checker import LogEvent, NemesisEvent, Report, check, parse_log
+from tests.process.jepsen.history import Attempt, Op
+
+T0 = 1_800_000_000.0
+
+
+def op(n: int, node: str, sent: float, *, term: int | None = 5, key: int = 1) -> Op:
+    done = Op(client=0, key=key, idempotency_key=f"k{n}", invoked=T0 + sent)
+    done.attempts.append(Attempt(node, T0 + sent, T0 + sent + 0.01, "ok", term=term))
+    done.finish(T0 + sent + 0.01)
+    return done
+
+
+def renewed(node: str, at: float, term: int, deadline: float) -> LogEvent:
+    fields = {"term": term, "deadline_unix": T0 + deadline}
+    return LogEvent(node, T0 + at, "ha.renewed", fields)
+
+
+def run(
+    ops: Sequence[Op],
+    logs: Sequence[LogEvent] = (),
+    *,
+    final: dict[int, int] | None = None,
+    mode: str = "async",
+    replicas: dict[str, dict[int, int]] | None = None,
+) -> Report:
+    logs = list(logs) or [renewed("a", 0, 5, 100), renewed("b", 0, 7, 100)]
+    return check(
+        mode=mode,
+        seed=1,
+        ops=ops,
+        logs=logs,
+        events=[NemesisEvent("kill_master", "a", T0 + 50, T0 + 52)],
+        final=final if final is not None else {1: len(ops)},
+        replicas=replicas or {},
+        poll_window_s=0.5,
+    )
+
+
+def test_a_clean_history_has_no_violation() -> None:
+    report = run([op(1, "a", 1), op(2, "a", 2), op(3, "b", 60, term=7)])
+    assert report.violations == []
+    assert report.terms == {5: ["a"], 7: ["b"]}
+    [(kind, seconds)] = report.failovers
+    assert kind == "kill_master"
+    assert seconds == pytest.approx(10.01)
+    assert "JEPSEN" in report.line()
+    assert "kill_master 1" in report.table()
+
+
+def test_two_nodes_acking_in_one_term_is_a_violation() -> None:
+    report = run([op(1, "a", 1), op(2, "b", 2)], [renewed("a", 0, 5, 100), renewed("b", 0, 5, 9)])
+    assert report.violations == ["term 5 acked by 2 nodes: ['a', 'b']"]
+
+
+def test_an_ack_sent_after_the_nodes_deadline_is_a_violation() -> None:
+    late = op(1, "a", 10)
+    report = run([late], [renewed("a", 0, 5, 10)])
+    assert len(report.violations) == 1
+    assert "after its deadline" in report.violations[0]
+
+
+def test_only_deadlines_logged_before_the_ack_came_back_count() -> None:
+    # renewed at 20 (to 30) after an ack sent at 10 came back: the deadline then was 10
+    report = run([op(1, "a", 10)], [renewed("a", 0, 5, 10), renewed("a", 20, 5, 30)])
+    assert "after its deadline" in report.violations[0]
+    report = run([op(1, "a", 10)], [renewed("a", 12, 5, 30)])
+    assert "no deadline logged" in report.violations[0]
+
+
+def test_an_ack_of_an_older_term_sent_after_a_newer_terms_ack_is_a_violation() -> None:
+    report = run([op(1, "b", 5, term=7), op(2, "a", 6, term=5)])
+    assert len(report.violations) == 1
+    assert "after a later term's first ack" in report.violations[0]
+
+
+def test_without_terms_in_answers_the_term_is_the_nodes_last_promotion() -> None:
+    logs = [
+        LogEvent("a", T0, "ha.promoted", {"term": 5}),
+        LogEvent("a", T0 + 20, "ha.promoted", {"term": 9}),
+        renewed("a", 0, 5, 100),
+        renewed("a", 20, 9, 100),
+    ]
+    report = run([op(1, "a", 1, term=None), op(2, "a", 30, term=None)], logs)
+    assert report.terms == {5: ["a"], 9: ["a"]}
+    assert report.term_source == "ha.promoted logs"
+    assert report.violations == []
+
+
+def test_more_than_ok_plus_info_fails_and_a_shortfall_fails_only_in_sync_mode() -> None:
+    unsure = Op(client=1, key=1, idempotency_key="u", invoked=T0)
+    unsure.attempts.append(Attempt("a", T0, T0 + 2, "timeout"))
+    unsure.finish(T0 + 2)
+    assert unsure.type == "info"
+    history = [op(1, "a", 1), op(2, "a", 2), unsure]
+    assert run(history, final={1: 3}).violations == []
+    assert run(history, final={1: 4}).violations == ["key 1: final 4 > Σok 2 + Σinfo 1"]
+    lossy = run(history, final={1: 1})
+    assert (lossy.lost, lossy.violations) == (1, [])
+    assert "1 acked async writes lost" in lossy.notes[0]
+    assert run(history, final={1: 1}, mode="replicated:1").violations == [
+        "1 acknowledged replicated:1 writes lost"
+    ]
+
+
+def test_an_op_is_ok_if_any_attempt_was_and_fail_only_if_none_can_have_been_applied() -> None:
+    refused = Op(client=0, key=1, idempotency_key="r", invoked=T0)
+    refused.attempts += [
+        Attempt("a", T0, T0, "refused"),
+        Attempt("b", T0, T0, "error", code="storage_unavailable"),
+    ]
+    refused.finish(T0 + 1)
+    assert refused.type == "fail"
+    fenced = Op(client=0, key=1, idempotency_key="f", invoked=T0)
+    fenced.attempts.append(Attempt("a", T0, T0, "error", code="not_leader"))
+    fenced.finish(T0 + 1)
+    assert fenced.type == "info"  # a fenced master may have written it before refusing
+    fenced.attempts.append(Attempt("b", T0 + 1, T0 + 1, "ok", term=7, replayed=True))
+    fenced.finish(T0 + 1)
+    assert fenced.type == "ok"
+
+
+def test_a_replica_that_differs_from_the_master_is_a_violation() -> None:
+    report = run([op(1, "a", 1)], final={1: 1}, replicas={"b": {1: 1}, "c": {1: 0}})
+    assert report.violations == ["c's sums differ from the leader's: {1: (0, 1)}"]
+
+
+def test_log_lines_that_are_not_json_are_skipped() -> None:
+    text = (
+        '{"timestamp":"2027-01-15T08:00:00.250+00:00","level":"debug","event":"ha.renewed",'
+        '"term":3,"deadline_unix":1800000002.5}\nTraceback (most recent call last):\n{"x":1}\n'
+    )
+    [event] = parse_log("a", text)
+    assert event.event == "ha.renewed"
+    assert event.fields["term"] == 3
+    assert event.at == dt.datetime(2027, 1, 15, 8, 0, 0, 250_000, tzinfo=dt.UTC).timestamp()
