@@ -118,7 +118,7 @@ def test_the_term_history_is_kept_in_karma_history_and_checked_on_polls(
     assert write(master, 1)["success"]
     lsn = int(write(master, 1, term=0)["lsn"])  # type: ignore[call-overload]
     for proc in three:
-        wait_for(lambda p=proc: (p.directory / "karma.history").exists(), 10)  # type: ignore[misc]
+        wait_for(lambda p=proc: (p.directory / "karma.history").exists(), 10)
         rows = json.loads((proc.directory / "karma.history").read_text())
         assert rows[-1][0] == term
         assert rows[-1][2] == master.directory.name
