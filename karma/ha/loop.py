@@ -97,9 +97,14 @@ class HaTask:
         return self.history
 
     def newer_term_seen(self, term: int) -> None:
-        """A replica polled with a newer term than ours: someone else leads (Raft's rule)."""
+        """A replica polled with a newer term than ours; its poll is refused.
+
+        Not a step-down on its word alone: replication.entries needs only a read token, so a
+        stray reader could depose the master at will. The lease decides (the next round, or
+        the deadline), and the refusal already keeps a zombie from gathering sync acks.
+        """
         if self.leading and term > self.term:
-            self._step_down(f"a replica polled with term {term} > ours ({self.term})")
+            self.log.warning("ha.newer_term_seen", term=self.term, polled_term=term)
 
     def topology(self) -> dict[str, object]:
         leader = self.leader
