@@ -1,4 +1,5 @@
-"""HA fencing by terms, `durability:"replicated:N"`, and the term history (issue 16).
+"""HA fencing by terms, `durability:"replicated:N"`, the term history, `/primary`, and a
+planned switchover (issue 16).
 
 1 etcd member and 3 karma-trio nodes on loopback, as in test_ha.py.
 """
@@ -8,13 +9,27 @@ from __future__ import annotations
 import json
 import signal
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.process.etcd import ETCD, Etcd
-from tests.process.proc import Client, Proc
-from tests.process.test_ha import B1, call, etcd, node, start_group, three, total, wait_for
+from tests.process.proc import Client, Proc, free_port
+from tests.process.test_ha import (
+    B1,
+    LOOP_WAIT,
+    TTL,
+    call,
+    etcd,
+    leader_of,
+    node,
+    start_group,
+    three,
+    total,
+    wait_for,
+)
 
 pytestmark = [
     pytest.mark.process,
@@ -143,3 +158,63 @@ def test_the_term_history_is_kept_in_karma_history_and_checked_on_polls(
     assert "ha.newer_term_seen" in master.stderr()
     assert write(master, 1)["success"] is True
     assert all(topology_term(p) == term for p in replicas)
+
+
+def start_group_wait(procs: list[Proc]) -> Proc:
+    return leader_of(procs, TTL + LOOP_WAIT + 5)
+
+
+def primary(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/primary", timeout=2) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_primary_is_200_only_on_the_master_before_its_deadline(tmp_path: Path, etcd: Etcd) -> None:
+    ports = [free_port(), free_port()]
+    procs = [
+        node(tmp_path, etcd, name, f"--metrics-port={port}", *extra)
+        for name, port, extra in (("a", ports[0], ("--ha-priority=9",)), ("b", ports[1], ()))
+    ]
+    try:
+        for proc in procs:
+            proc.start()
+        master = start_group(procs)
+        other = procs[1] if master is procs[0] else procs[0]
+        mport, oport = (ports[0], ports[1]) if master is procs[0] else (ports[1], ports[0])
+        assert primary(mport) == 200
+        assert primary(oport) == 503
+        master.signal(signal.SIGSTOP)  # past its deadline: the other node takes over
+        new = start_group_wait([other])
+        assert new is other
+        assert primary(oport) == 200
+        master.signal(signal.SIGCONT)
+        assert primary(mport) == 503  # awake, fenced: never primary again on its own
+        wait_for(lambda: primary(mport) == 503 and primary(oport) == 200, 10)
+    finally:
+        for proc in procs:
+            if proc.process is not None and proc.process.poll() is None:
+                proc.signal(signal.SIGCONT)
+            proc.close()
+
+
+def test_a_planned_switchover_by_sigterm_loses_no_acknowledged_write(three: list[Proc]) -> None:
+    master = start_group(three)
+    replicas = [p for p in three if p is not master]
+    for i in range(30):
+        assert write(master, 11, idempotency_key=f"s{i}")["success"] is True
+    stopped = time.monotonic()
+    master.signal(signal.SIGTERM)  # drains, resigns: deletes its key, revokes its lease
+    new = start_group_wait(replicas)
+    switchover_s = time.monotonic() - stopped
+    print(f"switchover after SIGTERM: {switchover_s:.2f} s")
+    assert switchover_s < TTL  # resigning hands over before the lease would have run out
+    assert total(new, 11) == 30
+    assert master.process is not None
+    assert master.process.wait(timeout=15) == 0
+    master.start(same_port=True)  # it comes back as a replica of the new master
+    assert write(new, 11)["success"] is True
+    wait_for(lambda: total(master, 11) == 31, 15)
+    assert write(master, 11)["error_code"] == "not_leader"
