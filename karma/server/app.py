@@ -150,7 +150,9 @@ async def serve(
                 services.start_soon(snapshots.recover_lost_wal)
             services.start_soon(_watch_signals, shutdown, snapshots, log)
             if config.metrics_port:
-                registry = metrics.full_registry(node.stats_values, engine.counters, status)
+                registry = metrics.full_registry(
+                    node.stats_values, engine.counters, status, lambda: node.replicas.lsns
+                )
                 await services.start(
                     serve_metrics,
                     registry,

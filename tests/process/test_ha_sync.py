@@ -186,6 +186,12 @@ def test_primary_is_200_only_on_the_master_before_its_deadline(tmp_path: Path, e
         mport, oport = (ports[0], ports[1]) if master is procs[0] else (ports[1], ports[0])
         assert primary(mport) == 200
         assert primary(oport) == 503
+        assert write(master, 1, durability="replicated:1")["success"] is True
+        with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+        # the replica reported holding every entry: nothing an async failover would lose now
+        assert f'karma_replica_behind_entries{{node="{other.directory.name}"}} 0.0' in text
+        assert "karma_replicas_behind_entries 0.0" in text
         master.signal(signal.SIGSTOP)  # past its deadline: the other node takes over
         new = start_group_wait([other])
         assert new is other
