@@ -431,6 +431,22 @@ OPTIONS: Final[tuple[Option, ...]] = (
         parse_bool,
         "Never promote this node (it only follows the leader).",
     ),
+    Option(
+        "--ha-advertise",
+        "KARMA_HA_ADVERTISE",
+        None,
+        parse_text,
+        "host:port clients and replicas use to reach this node (default: --bind and --port, or"
+        " the host name when binding every address).",
+    ),
+    Option(
+        "--replicated-timeout-ms",
+        "KARMA_REPLICATED_TIMEOUT_MS",
+        5000,
+        parse_positive,
+        'How long a write sent with durability "replicated:N" waits for N replicas to confirm'
+        " it before answering replication_timeout.",
+    ),
     Option("--log", "KARMA_LOG", True, parse_bool, "Write structured JSON logs to stderr."),
     Option(
         "--log-level",
@@ -491,6 +507,8 @@ class Config:
     ha_max_lag_on_failover: int = 1000
     ha_priority: int = 1
     ha_nofailover: bool = False
+    ha_advertise: str | None = None
+    replicated_timeout_ms: int = 5000
     log: bool = True
     log_level: str = "info"
 

@@ -29,6 +29,8 @@ class ErrorCode(StrEnum):
     STORAGE_UNAVAILABLE = "storage_unavailable"
     CAPACITY_EXCEEDED = "capacity_exceeded"
     NOT_LEADER = "not_leader"
+    REPLICATION_TIMEOUT = "replication_timeout"
+    REPLICATION_DIVERGED = "replication_diverged"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -62,6 +64,16 @@ ERROR_MEANINGS: Final[dict[ErrorCode, str]] = {
         "HA is on (--ha-etcd) and this node is not the writable master, or its leader lease"
         " ran out before the answer: the message names the leader's address when one is known."
         " Retriable there; a keyed write retried with the same idempotency key counts once."
+    ),
+    ErrorCode.REPLICATION_TIMEOUT: (
+        'A write sent with `durability:"replicated:N"` is in the master\'s WAL, but fewer than N'
+        " replicas confirmed it within --replicated-timeout-ms: its fate is unknown (it survives"
+        " unless the master is lost). Retriable with the same idempotency key."
+    ),
+    ErrorCode.REPLICATION_DIVERGED: (
+        "A replica asked for entries after an LSN and term the master's history does not"
+        " share: its WAL tail was never the master's. The replica moves its WAL aside and"
+        " bootstraps again."
     ),
     ErrorCode.INTERNAL_ERROR: "A bug: the server logged it and kept serving.",
 }

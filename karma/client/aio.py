@@ -5,16 +5,17 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
 
-from karma.client import calls, limit_calls
+from karma.client import calls, limit_calls, seeds
 from karma.client.calls import Call
 from karma.client.errors import ConnectionFailed, KarmaError
 from karma.client.reservations import AsyncReservation
+from karma.client.seeds import Address, Search, Seeds, SeedStatistics, Topology
 from karma.client.verbs import Queues, SendsAsync
 from karma.client.wire import (
     Answer,
@@ -32,7 +33,8 @@ BROKEN = (OSError, anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedRes
 
 
 class _Connection:
-    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+    def __init__(self, address: Address, stream: anyio.abc.SocketStream) -> None:
+        self.address = address
         self.stream = stream
         self.buffer = b""
         #: As in the sync client: False while an exchange is under way, so a timeout or a
@@ -89,7 +91,8 @@ class _Connection:
 
 
 class AsyncClient(SendsAsync):
-    """karma-trio from trio or asyncio tasks; the same methods as `Client`, awaited."""
+    """karma-trio from trio or asyncio tasks; the same methods as `Client`, awaited (seed
+    lists and the failover retry included)."""
 
     def __init__(
         self,
@@ -101,11 +104,19 @@ class AsyncClient(SendsAsync):
         timeout: float = 1.0,
         pool_size: int = 8,
         retries: int = 0,
+        seeds: Sequence[tuple[str, int]] | None = None,
+        failover_timeout: float = 15.0,
     ) -> None:
+        self._seeds = None if seeds is None else Seeds.of(seeds)
+        if self._seeds is not None:
+            host, port = self._seeds.addresses[0]
         self.host, self.port, self.token = host, port, token
         self.connect_timeout, self.timeout, self.retries = connect_timeout, timeout, retries
+        self.failover_timeout = failover_timeout
         self._idle: list[_Connection] = []
         self._slots = anyio.Semaphore(pool_size)
+        #: one task at a time looks for the leader; the others then use what it found
+        self._searching = anyio.Lock()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> AsyncClient:
@@ -127,10 +138,16 @@ class AsyncClient(SendsAsync):
         for connection in idle:
             await connection.aclose()
 
+    def statistics(self) -> SeedStatistics:
+        """With seeds: the leader calls go to, the highest term seen, the failover retries."""
+        if self._seeds is None:
+            return SeedStatistics((self.host, self.port), 0, 0)
+        return self._seeds.statistics()
+
     @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[_Connection]:
+    async def _connection(self, address: Address) -> AsyncIterator[_Connection]:
         async with self._slots:
-            connection = await self._checkout()
+            connection = await self._checkout(address)
             try:
                 yield connection
             finally:
@@ -139,45 +156,120 @@ class AsyncClient(SendsAsync):
                 else:
                     await connection.aclose()
 
-    async def _checkout(self) -> _Connection:
+    async def _checkout(self, address: Address) -> _Connection:
         while self._idle:
             candidate = self._idle.pop()
-            if candidate.quiet():
+            if candidate.address == address and candidate.quiet():
                 return candidate
-            await candidate.aclose()
-        return await self._connect()
+            await candidate.aclose()  # closed by the server, or to a former leader
+        return await self._connect(address)
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self, address: Address) -> _Connection:
         try:
             with anyio.fail_after(self.connect_timeout):
-                stream = await anyio.connect_tcp(self.host, self.port)
+                stream = await anyio.connect_tcp(*address)
         except (OSError, TimeoutError) as exc:
-            raise ConnectionFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
-        return _Connection(stream)
+            raise ConnectionFailed(f"cannot connect to {_text(address)}: {exc}") from exc
+        return _Connection(address, stream)
 
-    async def exchange(self, data: bytes, answers: int) -> list[Answer]:
-        async with self._connection() as connection:
-            try:
-                with anyio.fail_after(self.timeout):
-                    return await connection.exchange(data, answers)
-            except (*BROKEN, TimeoutError) as exc:
-                reason = str(exc) or type(exc).__name__
-                raise ConnectionFailed(f"{self.host}:{self.port}: {reason}") from exc
+    async def exchange(self, queued: Sequence[Call[Any]]) -> list[Answer]:
+        """Send `queued` in one write to the host (or leader), read their answers."""
+        address, generation = await self._target()
+        data = b"".join(self._encode(call) for call in queued)  # after the target: its term
+        try:
+            async with self._connection(address) as connection:
+                try:
+                    with anyio.fail_after(self.timeout):
+                        decoded = await connection.exchange(data, len(queued))
+                except (*BROKEN, TimeoutError) as exc:
+                    reason = str(exc) or type(exc).__name__
+                    raise ConnectionFailed(f"{_text(address)}: {reason}") from exc
+        except ConnectionFailed:
+            if self._seeds is not None:
+                self._seeds.forget(generation)
+            raise
+        if self._seeds is not None:
+            self._seeds.heard(generation, decoded)
+        return decoded
+
+    def _encode(self, call: Call[Any]) -> bytes:
+        term = None if self._seeds is None else self._seeds.term_for(call)
+        return encode_call(call, self.token, term)
 
     async def run(self, call: Call[T], *, retries: int | None = None) -> T:
         """Send one Call (see karma.client.calls), retrying as configured."""
         budget = self.retries if retries is None else retries
-        call = call.keyed_for(budget)
+        # with seeds there is always the failover retry: keyable writes get a key up front
+        call = call.keyed_for(budget if self._seeds is None else max(budget, 1))
         attempt = 0
+        failed_over = False
         while True:
             try:
-                answers = await self.exchange(encode_call(call, self.token), 1)
+                answers = await self.exchange([call])
                 return read_answer(call, answers[0])
             except KarmaError as exc:
+                if not failed_over and call.retry_safe and await self._fail_over(exc):
+                    failed_over = True
+                    continue
                 if not exc.retriable or attempt >= budget or not call.retry_safe:
                     raise
                 attempt += 1
                 await anyio.sleep(calls.backoff(attempt))
+
+    # --- the leader of a seed list (as in Client) ----------------------------------------------
+    async def _target(self) -> tuple[Address, int]:
+        if self._seeds is None:
+            return (self.host, self.port), 0
+        async with self._searching:
+            leader = self._seeds.leader
+            if leader is None:
+                search = await self._search(self._seeds.candidates())
+                leader = search.found or search.answered
+                if leader is None:
+                    listed = ", ".join(map(_text, self._seeds.addresses))
+                    raise ConnectionFailed(f"no seed answered cluster.topology: {listed}")
+                self._seeds.elect(leader)
+            return leader, self._seeds.generation
+
+    async def _fail_over(self, exc: KarmaError) -> bool:
+        if self._seeds is None or not seeds.fails_over(exc):
+            return False
+        async with self._searching:
+            if self._seeds.leader is None:  # else another task found it since
+                with anyio.move_on_after(self.failover_timeout):
+                    while True:
+                        found = (await self._search(self._seeds.candidates(seeds.hint(exc)))).found
+                        if found is not None:
+                            self._seeds.elect(found)
+                            break
+                        await anyio.sleep(seeds.POLL_S)
+                if self._seeds.leader is None:
+                    return False
+            self._seeds.failovers += 1
+            return True
+
+    async def _search(self, candidates: list[Address]) -> Search:
+        search = Search(candidates)
+        for address in search:
+            search.heard(address, await self._ask(address))
+        return search
+
+    async def _ask(self, address: Address) -> Topology | None:
+        try:
+            connection = await self._connect(address)
+        except ConnectionFailed:
+            return None
+        try:
+            with anyio.fail_after(self.timeout):
+                answers = await connection.exchange(encode_call(calls.topology(), self.token), 1)
+        except (*BROKEN, TimeoutError, KarmaError):
+            return None
+        finally:
+            await connection.aclose()
+        topology = seeds.read_topology(answers[0])
+        if topology is not None and self._seeds is not None:
+            self._seeds.saw_term(topology.term)
+        return topology
 
     _take = run
 
@@ -212,5 +304,8 @@ class AsyncPipeline(Queues):
         queued, self.calls = self.calls, []
         if not queued:
             return []
-        data = b"".join(encode_call(call, self.client.token) for call in queued)
-        return results(queued, await self.client.exchange(data, len(queued)))
+        return results(queued, await self.client.exchange(queued))
+
+
+def _text(address: Address) -> str:
+    return f"{address[0]}:{address[1]}"

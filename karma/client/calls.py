@@ -42,6 +42,7 @@ READ_OPS = frozenset(
         "system.health",
         "system.stats",
         "system.metrics",
+        "cluster.topology",
         "tree.list",
         "tree.info",
         "tree.keys",
@@ -436,6 +437,11 @@ def stats() -> Call[Any]:
 
 def metrics() -> Call[Any]:
     return simple("system.metrics")
+
+
+def topology() -> Call[Any]:
+    """`cluster.topology`: this node's role, the HA leader and term, the members (docs/ha.md)."""
+    return simple("cluster.topology")
 
 
 def snapshot_create_all() -> Call[Any]:

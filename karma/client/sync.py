@@ -8,13 +8,14 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
-from karma.client import calls, limit_calls
+from karma.client import calls, limit_calls, seeds
 from karma.client.calls import Call
 from karma.client.errors import ConnectionFailed, KarmaError
 from karma.client.reservations import Reservation
+from karma.client.seeds import Address, Search, Seeds, SeedStatistics, Topology
 from karma.client.verbs import Queues, Sends
 from karma.client.wire import (
     Answer,
@@ -30,8 +31,9 @@ T = TypeVar("T")
 
 
 class _Connection:
-    def __init__(self, host: str, port: int, connect_timeout: float) -> None:
-        self.sock = socket.create_connection((host, port), timeout=connect_timeout)
+    def __init__(self, address: Address, connect_timeout: float) -> None:
+        self.address = address
+        self.sock = socket.create_connection(address, timeout=connect_timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buffer = b""
         #: Only a connection whose every answer was read, none of them one after which the
@@ -97,6 +99,11 @@ class Client(Sends):
     idempotency key generated *before* its first attempt, so a retry after a lost answer is
     never counted twice. The methods (one per op, plus the domain verbs) are listed once in
     `karma.client.verbs`.
+
+    `seeds=[(host, port), ...]` (several hosts in the URL) is an HA group: every call goes to
+    the leader, found through `cluster.topology`; a retry-safe call that meets `not_leader` or a
+    lost connection is sent once more to the leader found within `failover_timeout` seconds
+    (see `karma.client.seeds`). `host` and `port` are then the first seed's.
     """
 
     def __init__(
@@ -109,11 +116,19 @@ class Client(Sends):
         timeout: float = 1.0,
         pool_size: int = 8,
         retries: int = 0,
+        seeds: Sequence[tuple[str, int]] | None = None,
+        failover_timeout: float = 15.0,
     ) -> None:
+        self._seeds = None if seeds is None else Seeds.of(seeds)
+        if self._seeds is not None:
+            host, port = self._seeds.addresses[0]
         self.host, self.port, self.token = host, port, token
         self.connect_timeout, self.timeout, self.retries = connect_timeout, timeout, retries
+        self.failover_timeout = failover_timeout
         self._idle: queue.LifoQueue[_Connection] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(pool_size)
+        #: one thread at a time looks for the leader; the others then use what it found
+        self._searching = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Client:
@@ -137,13 +152,19 @@ class Client(Sends):
             except queue.Empty:
                 return
 
+    def statistics(self) -> SeedStatistics:
+        """With seeds: the leader calls go to, the highest term seen, the failover retries."""
+        if self._seeds is None:
+            return SeedStatistics((self.host, self.port), 0, 0)
+        return self._seeds.statistics()
+
     # --- the machinery -------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _connection(self) -> Iterator[_Connection]:
+    def _connection(self, address: Address) -> Iterator[_Connection]:
         if not self._slots.acquire(timeout=self.connect_timeout + self.timeout):
             raise ConnectionFailed("no free connection in the pool")
         try:
-            connection = self._checkout()
+            connection = self._checkout(address)
             try:
                 yield connection
             finally:
@@ -154,43 +175,124 @@ class Client(Sends):
         finally:
             self._slots.release()
 
-    def _checkout(self) -> _Connection:
+    def _checkout(self, address: Address) -> _Connection:
         while True:
             try:
                 candidate = self._idle.get_nowait()
             except queue.Empty:
-                return self._connect()
-            if candidate.quiet():
+                return self._connect(address)
+            if candidate.address == address and candidate.quiet():
                 return candidate
-            candidate.close()
+            candidate.close()  # closed by the server, or to a former leader
 
-    def _connect(self) -> _Connection:
+    def _connect(self, address: Address) -> _Connection:
         try:
-            return _Connection(self.host, self.port, self.connect_timeout)
+            return _Connection(address, self.connect_timeout)
         except OSError as exc:
-            raise ConnectionFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+            raise ConnectionFailed(f"cannot connect to {_text(address)}: {exc}") from exc
 
-    def _exchange(self, data: bytes, answers: int) -> list[Answer]:
-        with self._connection() as connection:
-            try:
-                return connection.exchange(data, answers, self.timeout)
-            except OSError as exc:
-                reason = str(exc) or "timed out"
-                raise ConnectionFailed(f"{self.host}:{self.port}: {reason}") from exc
+    def _exchange(self, queued: Sequence[Call[Any]]) -> list[Answer]:
+        """Send `queued` in one write to the host (or leader), read their answers."""
+        address, generation = self._target()
+        data = b"".join(self._encode(call) for call in queued)  # after the target: its term
+        try:
+            with self._connection(address) as connection:
+                try:
+                    decoded = connection.exchange(data, len(queued), self.timeout)
+                except OSError as exc:
+                    reason = str(exc) or "timed out"
+                    raise ConnectionFailed(f"{_text(address)}: {reason}") from exc
+        except ConnectionFailed:
+            if self._seeds is not None:
+                self._seeds.forget(generation)
+            raise
+        if self._seeds is not None:
+            self._seeds.heard(generation, decoded)
+        return decoded
+
+    def _encode(self, call: Call[Any]) -> bytes:
+        term = None if self._seeds is None else self._seeds.term_for(call)
+        return encode_call(call, self.token, term)
 
     def run(self, call: Call[T], *, retries: int | None = None) -> T:
         """Send one Call (see karma.client.calls), retrying as configured."""
         budget = self.retries if retries is None else retries
-        call = call.keyed_for(budget)
+        # with seeds there is always the failover retry: keyable writes get a key up front
+        call = call.keyed_for(budget if self._seeds is None else max(budget, 1))
         attempt = 0
+        failed_over = False
         while True:
             try:
-                return read_answer(call, self._exchange(encode_call(call, self.token), 1)[0])
+                return read_answer(call, self._exchange([call])[0])
             except KarmaError as exc:
+                if not failed_over and call.retry_safe and self._fail_over(exc):
+                    failed_over = True
+                    continue
                 if not exc.retriable or attempt >= budget or not call.retry_safe:
                     raise
                 attempt += 1
                 time.sleep(calls.backoff(attempt))
+
+    # --- the leader of a seed list --------------------------------------------------------------
+    def _target(self) -> tuple[Address, int]:
+        """Where calls go: the one host, or the leader (looked for first when not known); and
+        the generation of that choice."""
+        if self._seeds is None:
+            return (self.host, self.port), 0
+        with self._searching:
+            leader = self._seeds.leader
+            if leader is None:
+                search = self._search(self._seeds.candidates())
+                # when no node says it is the master (a failover under way, or a group left
+                # read-only), calls go to the first that answered: reads work, writes do not
+                leader = search.found or search.answered
+                if leader is None:
+                    listed = ", ".join(map(_text, self._seeds.addresses))
+                    raise ConnectionFailed(f"no seed answered cluster.topology: {listed}")
+                self._seeds.elect(leader)
+            return leader, self._seeds.generation
+
+    def _fail_over(self, exc: KarmaError) -> bool:
+        """After `exc` (the leader is forgotten by then): True when a leader was found within
+        `failover_timeout` seconds, for the call to be sent there once more."""
+        if self._seeds is None or not seeds.fails_over(exc):
+            return False
+        with self._searching:
+            if self._seeds.leader is None:  # else another call found it since
+                deadline = time.monotonic() + self.failover_timeout
+                found = self._search(self._seeds.candidates(seeds.hint(exc))).found
+                while found is None and time.monotonic() < deadline:
+                    time.sleep(seeds.POLL_S)
+                    found = self._search(self._seeds.candidates(seeds.hint(exc))).found
+                if found is None:
+                    return False
+                self._seeds.elect(found)
+            self._seeds.failovers += 1
+            return True
+
+    def _search(self, candidates: list[Address]) -> Search:
+        search = Search(candidates)
+        for address in search:
+            search.heard(address, self._ask(address))
+        return search
+
+    def _ask(self, address: Address) -> Topology | None:
+        """`cluster.topology` from `address` on a connection of its own; None if no answer."""
+        try:
+            connection = _Connection(address, self.connect_timeout)
+        except OSError:
+            return None
+        try:
+            request = encode_call(calls.topology(), self.token)
+            answers = connection.exchange(request, 1, self.timeout)
+        except (OSError, KarmaError):
+            return None
+        finally:
+            connection.close()
+        topology = seeds.read_topology(answers[0])
+        if topology is not None and self._seeds is not None:
+            self._seeds.saw_term(topology.term)
+        return topology
 
     _take = run
 
@@ -218,5 +320,8 @@ class Pipeline(Queues):
         queued, self.calls = self.calls, []
         if not queued:
             return []
-        data = b"".join(encode_call(call, self.client.token) for call in queued)
-        return results(queued, self.client._exchange(data, len(queued)))
+        return results(queued, self.client._exchange(queued))
+
+
+def _text(address: Address) -> str:
+    return f"{address[0]}:{address[1]}"

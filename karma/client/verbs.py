@@ -61,6 +61,7 @@ class Verbs:
     health = Verb(calls.health)
     stats = Verb(calls.stats)
     metrics = Verb(calls.metrics)
+    topology = Verb(calls.topology)
     request = Verb(calls.request)
     increment = Verb(calls.increment)
     decrement = Verb(calls.decrement)

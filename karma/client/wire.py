@@ -29,6 +29,10 @@ class Answer(msgspec.Struct):
     response: msgspec.Raw = msgspec.Raw(b"null")
     error_code: str | None = None
     idempotent: bool | None = None
+    #: HA: the node's leading term and the write's LSN, on answers to requests carrying `term`
+    #: (absent from servers that do not track terms)
+    term: int | None = None
+    lsn: int | None = None
 
     @property
     def closes_connection(self) -> bool:
@@ -39,10 +43,12 @@ _decode_answer = msgspec.json.Decoder(Answer).decode
 _encode = msgspec.json.Encoder().encode
 
 
-def encode_call(call: Call[Any], token: str | None) -> bytes:
+def encode_call(call: Call[Any], token: str | None, term: int | None = None) -> bytes:
     request: dict[str, Any] = {"v": 2, "op": call.op, **call.fields}
     if token is not None:
         request["token"] = token
+    if term is not None:
+        request["term"] = term
     return _encode(request) + b"\n"
 
 
@@ -103,12 +109,24 @@ def is_quiet(sock: socket.socket) -> bool:
 
 
 def parse_url(url: str) -> dict[str, Any]:
-    """`karma://[token@]host[:port]` → Client keyword arguments."""
+    """`karma://[token@]host[:port]` → Client keyword arguments.
+
+    Several comma-separated hosts (`karma://token@h1:p1,h2:p2`) are a seed list: `seeds` holds
+    them all, and `host` and `port` the first one.
+    """
     parts = urlsplit(url)
     if parts.scheme != "karma":
         raise ValueError(f"not a karma:// URL: {url}")
-    return {
-        "host": parts.hostname or "127.0.0.1",
-        "port": parts.port or 8080,
-        "token": parts.username or None,
-    }
+    token = parts.username or None
+    hosts = parts.netloc.rpartition("@")[2]
+    if "," not in hosts:
+        return {"host": parts.hostname or "127.0.0.1", "port": parts.port or 8080, "token": token}
+    seeds = [_seed(url, text) for text in hosts.split(",")]
+    return {"host": seeds[0][0], "port": seeds[0][1], "token": token, "seeds": seeds}
+
+
+def _seed(url: str, text: str) -> tuple[str, int]:
+    parts = urlsplit(f"//{text}")
+    if not parts.hostname:
+        raise ValueError(f"a seed without a host in {url}")
+    return parts.hostname, parts.port or 8080

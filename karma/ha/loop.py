@@ -37,11 +37,17 @@ class Roles(Protocol):
 
     def local_term(self) -> int: ...
 
-    async def promote(self, term: int) -> None: ...
+    def entry_term(self) -> int: ...
+
+    async def ask(self, addr: str) -> tuple[str, int] | None: ...
+
+    async def promote(self, term: int, history: list[rules.TermStart]) -> None: ...
 
     async def stop_following(self) -> None: ...
 
-    async def follow(self, leader: rules.Leader, *, diverged_after: int | None) -> None: ...
+    async def follow(
+        self, leader: rules.Leader, history: list[rules.TermStart], *, diverged_after: int | None
+    ) -> None: ...
 
     def step_down(self) -> None: ...
 
@@ -82,6 +88,23 @@ class HaTask:
     @property
     def leading(self) -> bool:
         return self.term != 0
+
+    def current_term(self) -> int:
+        """The term this node leads, else the newest term it follows."""
+        return self.term or self.roles.local_term()
+
+    def known_history(self) -> list[rules.TermStart]:
+        return self.history
+
+    def newer_term_seen(self, term: int) -> None:
+        """A replica polled with a newer term than ours; its poll is refused.
+
+        Not a step-down on its word alone: replication.entries needs only a read token, so a
+        stray reader could depose the master at will. The lease decides (the next round, or
+        the deadline), and the refusal already keeps a zombie from gathering sync acks.
+        """
+        if self.leading and term > self.term:
+            self.log.warning("ha.newer_term_seen", term=self.term, polled_term=term)
 
     def topology(self) -> dict[str, object]:
         leader = self.leader
@@ -162,12 +185,18 @@ class HaTask:
                     self._step_down("lease expired")
             elif self.leading:
                 self.fence.renewed(sent, self.settings.ttl_s, rules.margin_s(self.settings.ttl_s))
+                self._log_deadline()
         if self.lease is None:
             sent = self.clock()
             self.lease = await self.etcd.grant(self.settings.ttl_s)
             self._lease_sent = sent
         else:
             self._lease_sent = sent
+
+    def _log_deadline(self) -> None:
+        # wall-clock deadline, so a checker can compare acks with it (tests/jepsen)
+        deadline = time.time() + self.fence.remaining_s()
+        self.log.debug("ha.renewed", term=self.term, deadline_unix=round(deadline, 4))
 
     def _read(self, cluster: RangeResult) -> None:
         keys = self.settings.keys
@@ -236,7 +265,7 @@ class HaTask:
                 # our own key from before a restart: its lease is not ours; wait it out
                 return
             if self.following is None or self.following.term != leader.term:
-                cut = rules.diverged_after(self.roles.local_term(), self.roles.lsn(), self.history)
+                cut = rules.diverged_after(self.roles.entry_term(), self.roles.lsn(), self.history)
                 self.log.info(
                     "ha.follow",
                     leader=leader.node,
@@ -244,7 +273,7 @@ class HaTask:
                     term=leader.term,
                     diverged_after=cut,
                 )
-                await self.roles.follow(leader, diverged_after=cut)
+                await self.roles.follow(leader, self.history, diverged_after=cut)
                 self.following = leader
             return
         await self._race()
@@ -253,6 +282,14 @@ class HaTask:
         s = self.settings
         me = self._me("replica")
         reason = rules.refusal_to_promote(me, self.members, self.latest_lsn, s.max_lag)
+        if reason is None and rules.last_term(self.history) > self.roles.local_term():
+            # rule 1: a node that missed a term (a stale former master) never wins
+            reason = (
+                f"our history ends at term {self.roles.local_term()}, the group's at"
+                f" {rules.last_term(self.history)}"
+            )
+        if reason is None:
+            reason = await self._ask_members(me)
         if reason is not None:
             self.log.info("ha.not_promoting", reason=reason, lsn=me.lsn, latest=self.latest_lsn)
             return
@@ -287,12 +324,36 @@ class HaTask:
             guard=s.keys.leader,
             create_revision=term,
         )
-        await self.roles.promote(term)
+        await self.roles.promote(term, history)
         # writes open only now, and only until the lease's deadline as of its last renewal
         self.fence.renewed(lease_sent, s.ttl_s, rules.margin_s(s.ttl_s))
         remaining = round(self.fence.remaining_s(), 3)
         self.log.info("ha.promoted", term=term, lsn=lsn, fenced_in_s=remaining)
         await self._publish("master")
+
+    async def _ask_members(self, me: rules.Member) -> str | None:
+        """Rule 3: every member's own word (1 s each, at once); defer if one is ahead of us
+        or still says master. A member that does not answer is taken as gone."""
+        answers: dict[str, tuple[str, int] | None] = {}
+        others = [m for m in self.members if m.node != me.node]
+        latest_term = rules.last_term(self.history)
+
+        async def ask(member: rules.Member) -> None:
+            answers[member.node] = await self.roles.ask(member.addr)
+
+        async with trio.open_nursery() as nursery:
+            for member in others:
+                nursery.start_soon(ask, member)
+        for member in others:
+            answer = answers.get(member.node)
+            if answer is None:
+                continue
+            role, lsn = answer
+            if role == "master":
+                return f"member {member.node} says it is master"
+            if not member.nofailover and member.term >= latest_term and lsn > me.lsn:
+                return f"member {member.node} is ahead (lsn {lsn} > {me.lsn})"
+        return None
 
     def _step_down(self, reason: str) -> None:
         self.log.warning("ha.step_down", reason=reason, term=self.term)

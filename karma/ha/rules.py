@@ -150,6 +150,19 @@ def refusal_to_promote(
     return None
 
 
+def term_of_entry(history: Sequence[TermStart], lsn: int) -> int:
+    """The term entry `lsn` was written in, by `history` (0: before any term)."""
+    term = 0
+    for row in history:
+        if row.start_lsn < lsn:
+            term = max(term, row.term)
+    return term
+
+
+def last_term(history: Sequence[TermStart]) -> int:
+    return max((row.term for row in history), default=0)
+
+
 def diverged_after(my_term: int, my_lsn: int, history: Sequence[TermStart]) -> int | None:
     """The LSN after which this node's WAL is not the leader's, or None if it is a prefix.
 

@@ -159,13 +159,45 @@ def _errors_by_code(name: str, help_text: str, counters: Counters) -> Metric:
     return family
 
 
+class ReplicasCollector(Collector):
+    """What a master knows of the replicas polling it (spec/ha.md §3): how far behind each
+    one's reported LSN is, and the best of them. `GET /metrics` only."""
+
+    def __init__(self, status: NodeStatus, replica_lsns: Callable[[], dict[str, int]]) -> None:
+        self.status = status
+        self.replica_lsns = replica_lsns
+
+    def collect(self) -> Iterator[Metric]:
+        lsn = self.status.wal_current_lsn
+        each = GaugeMetricFamily(
+            "karma_replica_behind_entries",
+            "WAL entries this node holds that a replica had not reported on its last poll",
+            labels=["node"],
+        )
+        lsns = self.replica_lsns()
+        for node, held in sorted(lsns.items()):
+            each.add_metric([node], max(0, lsn - held))
+        yield each
+        yield GaugeMetricFamily(
+            "karma_replicas_behind_entries",
+            "WAL entries no replica had reported holding (lsn - the best replica's; this"
+            " node's lsn when no replica polls it): what async failover could lose now",
+            value=max(0, lsn - max(lsns.values(), default=0)),
+        )
+
+
 def karma_registry(stats: Stats, errors_by: Counters | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(KarmaCollector(stats, errors_by))
     return registry
 
 
-def full_registry(stats: Stats, counters: Counters, status: NodeStatus) -> CollectorRegistry:
+def full_registry(
+    stats: Stats,
+    counters: Counters,
+    status: NodeStatus,
+    replica_lsns: Callable[[], dict[str, int]] = dict,
+) -> CollectorRegistry:
     registry = karma_registry(stats, counters)
     # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
     ProcessCollector(registry=registry)
@@ -173,6 +205,7 @@ def full_registry(stats: Stats, counters: Counters, status: NodeStatus) -> Colle
     registry.register(StorageCollector(status))
     registry.register(WalCollector(status))
     registry.register(ServerCollector(counters))
+    registry.register(ReplicasCollector(status, replica_lsns))
     return registry
 
 

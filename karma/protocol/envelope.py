@@ -34,6 +34,19 @@ def encode_error(error: KarmaError) -> bytes:
     return _ERR + _encode(error.message) + b',"error_code":' + _encode(str(error.code)) + b"}\r\n"
 
 
+_NULL_TAIL: Final = b',"error_code":null}\r\n'
+
+
+def succeeded(data: bytes) -> bool:
+    return data.startswith(_OK)
+
+
+def with_term(data: bytes, term: int, lsn: int | None) -> bytes:
+    """A success answer with karma-trio's `term` (and a write's `lsn`) before `error_code`."""
+    extra = b',"term":%d' % term if lsn is None else b',"term":%d,"lsn":%d' % (term, lsn)
+    return data[: -len(_NULL_TAIL)] + extra + _NULL_TAIL
+
+
 def encode_ok_checked(response: object, max_response_bytes: int) -> bytes:
     """encode_ok, or a response_too_large error when the answer would exceed the limit."""
     data = encode_ok(response)

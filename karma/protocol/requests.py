@@ -30,6 +30,10 @@ def op_tag(cls: type[msgspec.Struct]) -> str:
     return str(cls.__struct_config__.tag)
 
 
+#: the most replicas a write may wait for (`durability:"replicated:N"`)
+MAX_REPLICAS = 16
+
+
 class Request(msgspec.Struct, tag_field="op", frozen=True, kw_only=True, gc=False):
     v: Literal[2]
     token: str | None = None
@@ -37,6 +41,28 @@ class Request(msgspec.Struct, tag_field="op", frozen=True, kw_only=True, gc=Fals
     idempotency_key: str | int | UnsetType = UNSET
     fingerprint: str | int | UnsetType = UNSET
     idempotency_created_at_unix: U64 | UnsetType = UNSET
+    # karma-trio's, for HA (docs/ha.md): the highest term the client has seen (a lower-term
+    # master refuses its writes; the answer then carries `term` and `lsn`), and how many
+    # replicas must hold a write before it is acknowledged
+    term: U64 | UnsetType = UNSET
+    durability: str | UnsetType = UNSET
+
+    @property
+    def asks_term(self) -> bool:
+        return not isinstance(self.term, UnsetType) or not isinstance(self.durability, UnsetType)
+
+    @property
+    def replicas_required(self) -> int:
+        """N of `durability:"replicated:N"`; 0 for `"local"` or no field."""
+        durability = self.durability
+        if isinstance(durability, UnsetType) or durability == "local":
+            return 0
+        kind, _, count = durability.partition(":")
+        if kind == "replicated" and count.isdigit() and 1 <= int(count) <= MAX_REPLICAS:
+            return int(count)
+        raise KarmaError.validation(
+            f'Field durability must be "local" or "replicated:N" with N from 1 to {MAX_REPLICAS}'
+        )
 
     @property
     def key_text(self) -> str | None:
@@ -485,9 +511,19 @@ REPLICATION_DEFAULT_LIMIT = 1_000
 REPLICATION_MAX_LIMIT = 10_000
 
 
+#: the longest a replication.entries poll waits for a new entry (wait_ms is capped to it)
+REPLICATION_MAX_WAIT_MS = 10_000
+
+
 class ReplicationEntries(Request, tag="replication.entries", frozen=True, kw_only=True):
     after_lsn: int
     limit: int | UnsetType = UNSET
+    # karma-trio's: the polling replica's name (its `after_lsn` is its durable LSN, which
+    # `durability:"replicated:N"` writes wait for), the term of its last entry (a master whose
+    # history disagrees answers replication_diverged), and how long to wait for a new entry
+    node: str | UnsetType = UNSET
+    after_term: U64 | UnsetType = UNSET
+    wait_ms: U64 | UnsetType = UNSET
 
     def check(self) -> None:
         if self.after_lsn < 0:

@@ -139,6 +139,8 @@ async def serve(
         writer.fence = fence
         status.role = str(Role.SLAVE)
     node = Node(config, engine, status, log, writer, snapshots, checkpoints, fence=fence)
+    if writer is not None:
+        writer.on_logged = node.replicas.wal_appended
     drain = Drain()
     failures = AcceptFailures(engine.counters, log)
     try:
@@ -148,7 +150,9 @@ async def serve(
                 services.start_soon(snapshots.recover_lost_wal)
             services.start_soon(_watch_signals, shutdown, snapshots, log)
             if config.metrics_port:
-                registry = metrics.full_registry(node.stats_values, engine.counters, status)
+                registry = metrics.full_registry(
+                    node.stats_values, engine.counters, status, lambda: node.replicas.lsns
+                )
                 await services.start(
                     serve_metrics,
                     registry,
@@ -162,6 +166,7 @@ async def serve(
                 pass  # the HA task decides the role, once the client port is known (below)
             elif config.role is Role.SLAVE and config.replication_source_host:
                 follower = Follower(config, directory, engine, status, writer, log)
+                follower.name = replica_name(config, config.port)
                 await services.start(follower.run)
             elif config.role is Role.MASTER:
                 # holds expire by the master's clock, through the WAL: replicas follow it
@@ -182,6 +187,9 @@ async def serve(
                     if fence is not None:
                         ha = _ha_task(config, directory, node, status, log, services, fence, port)
                         node.topology = ha.topology
+                        node.current_term = ha.current_term
+                        node.history = ha.known_history
+                        node.newer_term_seen = ha.newer_term_seen
                         services.start_soon(ha.serve)
                     log.info(
                         "server.started",
@@ -224,10 +232,10 @@ def _ha_task(
 ) -> HaTask:
     assert config.ha_etcd is not None
     host = config.bind if config.bind not in ("0.0.0.0", "::", "") else socket.gethostname()
-    name = config.ha_node if config.ha_node is not None else f"{socket.gethostname()}-{port}"
+    name = replica_name(config, port)
     settings = Settings(
         node=name,
-        addr=f"{host}:{port}",
+        addr=config.ha_advertise or f"{host}:{port}",
         ttl_s=config.ha_ttl,
         loop_wait_s=config.ha_loop_wait,
         max_lag=config.ha_max_lag_on_failover,
@@ -238,9 +246,14 @@ def _ha_task(
     # each etcd request gets at most a third of the TTL (spec: 1 s at ttl 10), so one slow
     # member cannot eat the whole lease
     etcd = EtcdClient(config.ha_etcd.split(","), timeout_s=min(1.0, config.ha_ttl / 3))
-    roles = ServerRoles(config, directory, node, status, log, services)
+    roles = ServerRoles(config, directory, node, status, log, services, name)
     log.info("ha.started", node=name, addr=settings.addr, etcd=config.ha_etcd)
     return HaTask(settings, etcd, fence, roles, log)
+
+
+def replica_name(config: Config, port: int) -> str:
+    """The name this node goes by in etcd and in its master's replica list."""
+    return config.ha_node if config.ha_node is not None else f"{socket.gethostname()}-{port}"
 
 
 async def _final_snapshot(snapshots: Snapshotter, config: Config, log: Logger) -> None:

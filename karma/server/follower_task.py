@@ -13,7 +13,9 @@ import base64
 import contextlib
 import json
 import random
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +33,20 @@ from karma.observability.logs import Logger
 from karma.protocol.decode import decode
 from karma.protocol.gate import Gate
 from karma.server.wal_writer import Pending, WalWriter
-from karma.storage import recovery, snapshot_codec, snapshot_files
+from karma.storage import recovery, snapshot_codec, snapshot_files, wal_files
 
 _OPEN = Gate(internal_ops=True)  # effect entries (limit.*) are read from the WAL
 CHUNK = 262_144
 MAX_BACKOFF_S = 30.0
+
+
+def move_wal_aside(directory: Path, term: int) -> Path:
+    """Copy every WAL file into diverged-<term>-<unix>/ (blocking: run it in a thread)."""
+    aside = directory / f"diverged-{term}-{int(time.time())}"
+    aside.mkdir(exist_ok=True)
+    for path in wal_files.wal_paths(directory):
+        shutil.copy2(path, aside / path.name)
+    return aside
 
 
 class ReplicationError(Exception):
@@ -122,6 +133,10 @@ class Follower:
     limits_lsn: int = 0
     #: HA re-pointing found this node's WAL diverged from the new leader's: bootstrap first
     force_bootstrap: bool = False
+    #: this node's name in its master's replica list (for `durability:"replicated:N"`)
+    name: str | None = None
+    #: HA: the term of this node's last entry, sent on each poll (fencing layers 3 and 4)
+    term: Callable[[], int] | None = None
 
     def __attrs_post_init__(self) -> None:
         assert self.config.replication_source_host is not None
@@ -130,7 +145,8 @@ class Follower:
             self.config.replication_source_host,
             self.config.replication_source_port,
             self.config.replication_token,
-            max(timeout, 5.0),
+            # a poll may long-wait for one poll interval on the master
+            max(timeout, 5.0, 2 * self.config.replication_poll_interval_ms / 1000 + 1),
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -146,13 +162,20 @@ class Follower:
                     if need_bootstrap:
                         await self.bootstrap()
                         need_bootstrap = False
-                    full = await self.poll()
+                    polled = trio.current_time()
+                    fetched, full, waited = await self.poll()
                     failures = 0
-                    if full:
-                        continue  # catching up: ask again at once
-                    await trio.sleep(interval)
+                    if full or fetched:
+                        continue  # catching up, or report what we hold at once (sync writes)
+                    if not waited or trio.current_time() - polled < interval / 2:
+                        await trio.sleep(interval)  # a master that does not long-poll
                 except GapError as exc:
                     self.log.warning("replication.gap", error=str(exc))
+                    need_bootstrap = True
+                except RejectedError as exc:
+                    if exc.code != ErrorCode.REPLICATION_DIVERGED:
+                        raise
+                    await self._diverged(str(exc))
                     need_bootstrap = True
                 except (ReplicationError, OSError, ValueError, KeyError, TypeError) as exc:
                     # a bad answer or a local file problem: visible, retried, never fatal
@@ -171,19 +194,53 @@ class Follower:
             await self.link.close()
 
     # --- polling -------------------------------------------------------------------------------
-    async def poll(self) -> bool:
-        """Fetch and apply one page of entries; True when the page was full."""
+    async def poll(self) -> tuple[int, bool, bool]:
+        """Fetch and apply one page of entries: (entries, page was full, master long-polled).
+
+        The poll names this node and asks the master to wait for a new entry (karma 1.0
+        ignores both), so the LSN we report — what we hold, written and, with
+        --wal-fsync=true, fsynced — reaches the master one round trip after each entry.
+        """
+        fields: dict[str, object] = {}
+        if self.name is not None:
+            fields["node"] = self.name
+        if self.term is not None:
+            fields["after_term"] = self.term()
         with self.status.replication.poll.attempt(time.time):
             page = await self.link.call(
                 "replication.entries",
                 after_lsn=self.status.wal_current_lsn,
                 limit=self.config.replication_batch_size,
+                wait_ms=self.config.replication_poll_interval_ms,
+                **fields,
             )
+            if self.term is not None and int(page.get("term") or 0) < self.term():
+                # fencing layer 3: never follow a master of an older term than ours
+                raise ReplicationError(
+                    f"master's term {page.get('term')} is older than ours ({self.term()})"
+                )
             self.status.replication.source_lsn = max(
                 self.status.replication.source_lsn, int(page.get("source_lsn") or 0)
             )
-            await self._apply(page.get("entries") or [])
-        return int(page.get("count") or 0) >= self.config.replication_batch_size
+            entries = page.get("entries") or []
+            await self._apply(entries)
+        count = int(page.get("count") or 0)
+        return len(entries), count >= self.config.replication_batch_size, "wait_ms" in page
+
+    async def _diverged(self, reason: str) -> None:
+        """The master's history says our WAL tail was never its: keep it aside, bootstrap."""
+        first = self.status.wal_current_lsn
+        aside = await trio.to_thread.run_sync(move_wal_aside, self.directory, self.term_now())
+        self.log.warning(
+            "replication.diverged",
+            reason=reason,
+            last_lsn=first,
+            saved=str(aside),
+            recovery="re-bootstrapping from the master; the diverged entries are not merged",
+        )
+
+    def term_now(self) -> int:
+        return 0 if self.term is None else self.term()
 
     async def _apply(self, entries: list[dict[str, Any]]) -> None:
         last: Pending | None = None

@@ -13,7 +13,7 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -31,7 +31,9 @@ from karma.core.budget import AnyBudget, Budget, Unlimited
 from karma.core.counters import NodeStatus, SlowLog
 from karma.core.engine import ENGINE_READS, SCANNING_READS, WRITES, Engine, Immediate
 from karma.errors import ErrorCode, KarmaError
+from karma.ha import rules
 from karma.ha.fence import Fence
+from karma.ha.rules import TermStart
 from karma.observability import metrics
 from karma.observability.logs import Logger
 from karma.protocol import envelope, optable
@@ -40,6 +42,7 @@ from karma.protocol.decode import decode
 from karma.protocol.gate import Gate
 from karma.protocol.optable import Access
 from karma.server import limit_ops
+from karma.server.replicas import Replicas
 from karma.server.snapshotter import Snapshotter
 from karma.server.wal_writer import Pending, WalWriter
 from karma.storage import files, snapshot_codec, snapshot_files, wal_files
@@ -91,6 +94,14 @@ class Node:
     fence: Fence | None = None
     #: HA: the HA task's view for cluster.topology
     topology: Callable[[], dict[str, object]] | None = None
+    #: HA: the term this node leads or follows (answers carry it when asked)
+    current_term: Callable[[], int] = lambda: 0
+    #: HA: the group's term history (a replica's poll is checked against it)
+    history: Callable[[], Sequence[TermStart]] = lambda: ()
+    #: HA: a poll showed a newer term than the one this node leads: step down
+    newer_term_seen: Callable[[int], None] = lambda term: None
+    #: the replicas polling this node and the LSN each holds (durability "replicated:N")
+    replicas: Replicas = attrs.field(factory=Replicas)
 
     def __attrs_post_init__(self) -> None:
         self.karma_metrics = metrics.karma_registry(self.stats_values)
@@ -122,6 +133,16 @@ class Node:
     @staticmethod
     def needs_await(request: r.Request) -> bool:
         cls = type(request)
+        return (
+            cls in _ASYNC_OR_SEQUENTIAL
+            or (request.idempotency_key is not UNSET and cls in _KEYED_CLASSES)
+            or request.term is not UNSET
+            or request.durability is not UNSET
+        )
+
+    @staticmethod
+    def _awaits_by_itself(request: r.Request) -> bool:
+        cls = type(request)
         return cls in _ASYNC_OR_SEQUENTIAL or (
             request.idempotency_key is not UNSET and cls in _KEYED_CLASSES
         )
@@ -142,6 +163,51 @@ class Node:
         return envelope.encode_ok_checked(answer, self.config.max_response_bytes)
 
     async def handle_async(self, request: r.Request) -> bytes:
+        if request.asks_term:
+            return await self._with_term(request)
+        return await self._handle_async(request)
+
+    async def _with_term(self, request: r.Request) -> bytes:
+        """A request carrying `term` or `durability` (HA, docs/ha.md): fenced by the client's
+        term, acknowledged once N replicas hold it, answered with the node's term and LSN."""
+        cls = type(request)
+        write = optable.SPEC_BY_CLASS[cls].access is not Access.READ
+        started = time.perf_counter()
+        try:
+            replicas = request.replicas_required
+            if write and replicas and self.writer is None:
+                raise KarmaError.validation('Field durability "replicated:N" needs --wal=true')
+            if write and self.fence is not None and (r.opt(request.term) or 0) > self.fence.term:
+                raise self.fence.refusal()  # a client has seen a newer term than ours
+        except KarmaError as exc:
+            return self._refuse(exc, started, request)
+        if self._awaits_by_itself(request):
+            data = await self._handle_async(request)
+        else:
+            answer = self.handle(request)
+            if isinstance(answer, Waiting):
+                await answer.pending.done.wait()
+                answer = answer.answer()
+            data = answer
+        if not envelope.succeeded(data):
+            return data
+        lsn = self.status.wal_current_lsn  # this write's own LSN or a later one
+        if write and replicas:
+            timeout_s = self.config.replicated_timeout_ms / 1000
+            if not await self.replicas.wait_for(lsn, replicas, timeout_s):
+                error = KarmaError(
+                    ErrorCode.REPLICATION_TIMEOUT,
+                    f"Write logged at LSN {lsn} on this node but fewer than {replicas} replicas"
+                    f" confirmed it within {self.config.replicated_timeout_ms} ms; retry with"
+                    " the same idempotency key",
+                )
+                self._failed(optable.TAG_BY_CLASS[cls], error.code)
+                return envelope.encode_error(error)
+            if self.fence is not None and not self.fence.may_ack():
+                return envelope.encode_error(self.fence.refusal())
+        return envelope.with_term(data, self.current_term(), lsn if write else None)
+
+    async def _handle_async(self, request: r.Request) -> bytes:
         started = time.perf_counter()
         try:
             cls = type(request)
@@ -525,6 +591,15 @@ class Node:
     async def replication_entries(self, req: r.ReplicationEntries) -> object:
         limit = r.opt(req.limit) or r.REPLICATION_DEFAULT_LIMIT
         byte_limit = _entries_byte_limit(self.config.max_response_bytes)
+        after_term = r.opt(req.after_term)
+        if after_term is not None:
+            self._check_poll_term(req.after_lsn, after_term)
+        replica = r.opt(req.node)
+        if replica is not None:
+            self.replicas.report(replica, req.after_lsn)
+        wait_ms = r.opt(req.wait_ms)
+        if wait_ms and self.status.wal_current_lsn <= req.after_lsn:
+            await self.replicas.wait_for_entries(min(wait_ms, r.REPLICATION_MAX_WAIT_MS) / 1000)
         current = self.status.wal_current_lsn
         entries: list[tuple[int, bytes]] = []
         truncated = False
@@ -557,7 +632,26 @@ class Node:
             "source_lsn": current,
             "entries": [{"lsn": lsn, "entry": msgspec.Raw(entry)} for lsn, entry in entries],
             "next_lsn": entries[-1][0] if entries else req.after_lsn,
+            **({} if wait_ms is None else {"wait_ms": wait_ms}),
+            **({} if after_term is None else {"term": self.current_term()}),
         }
+
+    def _check_poll_term(self, after_lsn: int, after_term: int) -> None:
+        """Fencing on polls (Raft's rules): a newer term deposes us; a tail we never wrote
+        is refused, so the replica moves it aside instead of building on it."""
+        fence = self.fence
+        if fence is None:
+            return
+        if fence.term and after_term > fence.term:
+            self.newer_term_seen(after_term)
+            raise fence.refusal()
+        cut = rules.diverged_after(after_term, after_lsn, self.history())
+        if cut is not None:
+            raise KarmaError(
+                ErrorCode.REPLICATION_DIVERGED,
+                f"Entries after LSN {cut} (term {after_term}) are not in this master's history;"
+                " move the WAL aside and bootstrap",
+            )
 
 
 def _chunk(

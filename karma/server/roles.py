@@ -8,13 +8,14 @@
   entries the leader never had, the WAL files are copied aside first (`diverged-<term>-<unix>/`,
   the lost LSN range logged) and the follower re-bootstraps from the leader's snapshots — the
   path `replication_gap` already takes — so a divergent tail is kept for inspection, never merged.
+
+`karma.history` (fsynced JSON, `[[term, start_lsn, node], ...]`) is the term history this
+node's WAL follows: written when it is promoted and when it adopts a leader's history. Term
+boundaries live here, not in WAL lines, so karma.wal stays byte-compatible with karma 1.0.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -26,12 +27,15 @@ from karma.core.counters import NodeStatus
 from karma.ha import rules
 from karma.observability.logs import Logger
 from karma.server import limit_ops
-from karma.server.follower_task import Follower
+from karma.server.follower_task import Follower, MasterLink, ReplicationError, move_wal_aside
 from karma.server.node import Node
-from karma.storage import snapshot_files, wal_files
+from karma.storage import snapshot_files
 
-#: this node's last term (the term of the leader whose entries it holds); survives restarts
-HA_STATE = "karma.ha.json"
+#: how long a candidate waits for each member's replication.status (spec/ha.md §1)
+ASK_TIMEOUT_S = 1.0
+
+#: the term history this node's WAL follows; survives restarts
+HISTORY_FILE = "karma.history"
 
 
 @attrs.define(eq=False)
@@ -42,16 +46,19 @@ class ServerRoles:
     status: NodeStatus
     log: Logger
     nursery: trio.Nursery
-    _term: int = attrs.field(default=0, init=False)
+    #: this node's name (its master's replica list shows it)
+    name: str
+    _history: list[rules.TermStart] = attrs.field(factory=list, init=False)
     _follower: trio.CancelScope | None = attrs.field(default=None, init=False)
     _follower_done: trio.Event | None = attrs.field(default=None, init=False)
     _sweeper: trio.CancelScope | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         try:
-            self._term = int(json.loads((self.directory / HA_STATE).read_text())["term"])
-        except (OSError, ValueError, KeyError, TypeError):
-            self._term = 0
+            data = (self.directory / HISTORY_FILE).read_bytes()
+        except OSError:
+            return
+        self._history = rules.decode_history(data)
 
     # --- what the HA task reads -------------------------------------------------------------------
     def lsn(self) -> int:
@@ -61,7 +68,24 @@ class ServerRoles:
         return self.status.replication.source_lsn
 
     def local_term(self) -> int:
-        return self._term
+        """The newest term of the history this node follows (promotion rule 1)."""
+        return rules.last_term(self._history)
+
+    def entry_term(self) -> int:
+        """The term this node's last entry was written in (sent on every poll)."""
+        return rules.term_of_entry(self._history, self.lsn())
+
+    async def ask(self, addr: str) -> tuple[str, int] | None:
+        """Another member's own word on its role and LSN, or None when it does not answer."""
+        host, _, port = addr.rpartition(":")
+        link = MasterLink(host, int(port), self.config.replication_token, ASK_TIMEOUT_S)
+        try:
+            answer = await link.call("replication.status")
+            return str(answer["role"]), int(answer["wal_current_lsn"])
+        except (ReplicationError, ValueError, KeyError, TypeError):
+            return None
+        finally:
+            await link.close()
 
     # --- switches ------------------------------------------------------------------------------
     def become_replica(self) -> None:
@@ -83,15 +107,17 @@ class ServerRoles:
         if self.node.writer is not None:
             await self.node.writer.barrier()  # entries it queued are logged and applied
 
-    async def promote(self, term: int) -> None:
+    async def promote(self, term: int, history: list[rules.TermStart]) -> None:
         await self.stop_following()
-        await self._save_term(term)
+        await self._adopt(history)
         self.node.gate = attrs.evolve(self.node.gate, slave=False)
         self.status.role = str(Role.MASTER)
         self._sweeper = self._start(limit_ops.expire_holds, self.node)[0]
         self.log.info("ha.role", role="master", term=term, lsn=self.lsn())
 
-    async def follow(self, leader: rules.Leader, *, diverged_after: int | None) -> None:
+    async def follow(
+        self, leader: rules.Leader, history: list[rules.TermStart], *, diverged_after: int | None
+    ) -> None:
         await self.stop_following()
         self.become_replica()
         host, _, port = leader.addr.rpartition(":")
@@ -104,8 +130,10 @@ class ServerRoles:
         follower = Follower(
             config, self.directory, self.node.engine, self.status, self.node.writer, self.log
         )
+        follower.name = self.name
+        follower.term = self.entry_term
         if diverged_after is not None:
-            aside = await trio.to_thread.run_sync(self._move_aside, leader.term)
+            aside = await trio.to_thread.run_sync(move_wal_aside, self.directory, leader.term)
             self.log.warning(
                 "ha.diverged",
                 lost_first_lsn=diverged_after + 1,
@@ -116,7 +144,9 @@ class ServerRoles:
                 recovery="re-bootstrapping from the leader; the lost entries are not merged",
             )
             follower.force_bootstrap = True
-        await self._save_term(leader.term)
+        # our entries are a prefix of the leader's (checked above, or about to be replaced by
+        # its snapshots): its history is ours from now on
+        await self._adopt(history)
         self._follower, self._follower_done = self._start(follower.run)
         self.log.info("ha.role", role="slave", leader=leader.addr, term=leader.term)
 
@@ -136,17 +166,10 @@ class ServerRoles:
         self.nursery.start_soon(scoped)
         return scope, done
 
-    async def _save_term(self, term: int) -> None:
-        if term == self._term:
+    async def _adopt(self, history: list[rules.TermStart]) -> None:
+        if history == self._history:
             return
-        data = json.dumps({"term": term}).encode() + b"\n"
-        await trio.to_thread.run_sync(snapshot_files.atomic_write, self.directory / HA_STATE, data)
-        self._term = term
-
-    def _move_aside(self, term: int) -> Path:
-        """Copy every WAL file into diverged-<term>-<unix>/ (blocking; in a thread)."""
-        aside = self.directory / f"diverged-{term}-{int(time.time())}"
-        aside.mkdir(exist_ok=True)
-        for path in wal_files.wal_paths(self.directory):
-            shutil.copy2(path, aside / path.name)
-        return aside
+        data = rules.encode(history) + b"\n"
+        path = self.directory / HISTORY_FILE
+        await trio.to_thread.run_sync(snapshot_files.atomic_write, path, data)
+        self._history = list(history)

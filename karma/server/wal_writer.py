@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import attrs
 import trio
@@ -86,6 +87,8 @@ class WalWriter:
     batches: int = 0
     #: HA (--ha-etcd): client writes are logged and acknowledged only while the fence is open
     fence: Fence | None = None
+    #: called after each batch is logged (the master's long-polling replicas wait for it)
+    on_logged: Callable[[], None] | None = None
 
     def __attrs_post_init__(self) -> None:
         # unbounded: each submitter waits for its own result, so the depth is bounded by the
@@ -328,6 +331,8 @@ class WalWriter:
         if rotated is not None:
             self.log.info("wal.rotate", segment=rotated, first_lsn_after=first)
         self.status.wal_current_lsn = first + count - 1
+        if self.on_logged is not None:
+            self.on_logged()
         self.status.wal_bytes = self.wal.total_bytes if wal_bytes is None else wal_bytes
 
     async def reset_to(self, lsn: int) -> None:

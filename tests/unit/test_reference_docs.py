@@ -21,5 +21,6 @@ def test_errors_page_lists_every_code() -> None:
     text = (DOCS / "errors.md").read_text()
     documented = set(re.findall(r"^\| `([a-z_]+)`", text, re.M))
     assert documented == {str(code) for code in ErrorCode}
-    # karma 1.0's 14, storage_unavailable, capacity_exceeded, not_leader
-    assert len(documented) == 17
+    # karma 1.0's 14, storage_unavailable, capacity_exceeded, not_leader, replication_timeout,
+    # replication_diverged
+    assert len(documented) == 19
