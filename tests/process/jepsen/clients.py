@@ -91,8 +91,7 @@ class Client(threading.Thread):
             request["durability"] = self.durability
         give_up = op.invoked + OP_BUDGET_S
         while time.time() < give_up and not self.abort.is_set():
-            if self.max_term:
-                request["term"] = self.max_term
+            request["term"] = self.max_term  # 0 at first: the answer then carries the term
             node = self.guess
             attempt = self.attempt(node, json.dumps(request).encode() + b"\n")
             op.attempts.append(attempt)

@@ -37,6 +37,7 @@ from tests.process.proc import Proc
 TTL = 3
 LOOP_WAIT = 1.0
 POLL_MS = 100
+REPLICATED_TIMEOUT_MS = 1500
 BUCKET = 20260501
 SERIES = "s"
 NODES = ("n0", "n1", "n2")
@@ -65,6 +66,9 @@ class Group:
                 f"--ha-loop-wait={LOOP_WAIT}",
                 f"--replication-poll-interval-ms={POLL_MS}",
                 "--wal-fsync=false",
+                # below the clients' 2 s timeout: a replicated write that cannot gather its
+                # replica answers replication_timeout instead of leaving the client guessing
+                f"--replicated-timeout-ms={REPLICATED_TIMEOUT_MS}",
                 "--log-level=debug",
             )
         for proc in self.nodes.values():
