@@ -88,6 +88,8 @@ class Report:
     failovers: list[tuple[str, float | None]]
     deadline_checked: int
     term_source: str
+    #: answers that came after the client had timed out: (all, successes)
+    late: tuple[int, int] = (0, 0)
     violations: list[str] = attrs.field(factory=list)
     notes: list[str] = attrs.field(factory=list)
 
@@ -113,6 +115,7 @@ class Report:
                 ", ".join(f"{t}:{'+'.join(ns)}" for t, ns in sorted(self.terms.items())),
             ),
             ("term from", self.term_source),
+            ("late answers (acks)", f"{self.late[0]} ({self.late[1]})"),
             ("acks checked vs deadline", str(self.deadline_checked)),
             ("notes", "; ".join(self.notes) or "-"),
             ("violations", "; ".join(self.violations) or "none"),
@@ -128,6 +131,7 @@ class Report:
                 "events": dict(self.events),
                 "ops": {k: self.ops[k] for k in ("ok", "fail", "info")},
                 "lost": self.lost,
+                "late_answers": list(self.late),
                 "loss_bound": self.loss_bound,
                 "failover_s": [s for _, s in self.failovers],
                 "terms": {str(t): ns for t, ns in sorted(self.terms.items())},
@@ -156,22 +160,21 @@ def renewals(logs: Iterable[LogEvent]) -> dict[tuple[str, int], list[tuple[float
 
 
 def acks(ops: Sequence[Op], logs: Sequence[LogEvent]) -> tuple[list[Ack], str]:
-    """Every acknowledged op with its term: the answer's own, else the node's last promotion."""
+    """Every successful answer (an op may have several: a late one, a replay) with its term: the
+    answer's own, else the node's last promotion before it came back."""
     promoted = promotions(logs)
     found = []
     sources = set()
     for op in ops:
-        attempt = op.ack
-        if attempt is None:
-            continue
-        if attempt.term is not None:
-            term = attempt.term
-            sources.add("answers")
-        else:
-            starts = [t for at, t in promoted.get(attempt.node, []) if at <= attempt.done]
-            term = starts[-1] if starts else 0
-            sources.add("ha.promoted logs")
-        found.append(Ack(op, attempt, term))
+        for attempt in op.acks:
+            if attempt.term is not None:
+                term = attempt.term
+                sources.add("answers")
+            else:
+                starts = [t for at, t in promoted.get(attempt.node, []) if at <= attempt.done]
+                term = starts[-1] if starts else 0
+                sources.add("ha.promoted logs")
+            found.append(Ack(op, attempt, term))
     return found, " and ".join(sorted(sources)) or "-"
 
 
@@ -320,6 +323,10 @@ def check(
         failovers=failover_times(found, events),
         deadline_checked=deadline_checked,
         term_source=term_source,
+        late=(
+            sum(a.late for op in ops for a in op.attempts),
+            sum(a.late for op in ops for a in op.acks),
+        ),
         violations=violations,
         notes=notes,
     )

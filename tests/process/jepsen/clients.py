@@ -5,6 +5,11 @@ across attempts: on `not_leader` the client follows the hint (or tries the next 
 timeout or a broken connection it tries the next node, on `replication_timeout` it asks the same
 node again, until an attempt succeeds or the op's budget runs out. Each client sends the highest
 term it has seen (`term`), so a deposed master refuses it.
+
+A request that timed out is not forgotten: its connection is kept (an orphan) and a late answer
+is recorded as one more attempt of its op. That is how a frozen master's acks would show: the
+requests queued in its socket while it was stopped are answered after SIGCONT, and must all be
+refusals (the checker compares every ack with its node's deadline and term).
 """
 
 from __future__ import annotations
@@ -12,10 +17,13 @@ from __future__ import annotations
 import json
 import random
 import re
+import select
 import socket
 import threading
 import time
 from typing import Any
+
+import attrs
 
 from tests.process.jepsen.cluster import BUCKET, SERIES
 from tests.process.jepsen.history import Attempt, History, Op
@@ -25,7 +33,22 @@ TIMEOUT_S = 2.0
 OP_BUDGET_S = 30.0
 #: pause between ops, so that four clients do not saturate a 2-core machine
 THINK_S = 0.01
+#: how long a timed-out request's connection is watched for a late answer (a pause lasts at
+#: most ttl + 3 s, then the node reads what queued up)
+ORPHAN_S = 20.0
 HINT = re.compile(r"the leader is 127\.0\.0\.1:(\d+)")
+
+
+@attrs.define(eq=False)
+class Orphan:
+    """A timed-out request whose connection is watched for a late answer."""
+
+    op: Op
+    node: str
+    sock: socket.socket
+    sent: float
+    buffer: bytes
+    expires: float
 
 
 class Client(threading.Thread):
@@ -58,6 +81,7 @@ class Client(threading.Thread):
         self.guess = self.names[index % len(self.names)]
         self.conns: dict[str, socket.socket] = {}
         self.buffers: dict[str, bytes] = {}
+        self.orphans: list[Orphan] = []
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -70,12 +94,17 @@ class Client(threading.Thread):
                 self.history.invoke(op)
                 self.perform(op)
                 self.history.complete(op, time.time())
+                self.reap()
                 time.sleep(THINK_S)
+            while self.orphans and not self.abort.is_set():
+                self.reap(wait=0.2)
         except BaseException as exc:  # noqa: BLE001 - reported by the test, which joins us
             self.error = exc
         finally:
             for sock in self.conns.values():
                 sock.close()
+            for orphan in self.orphans:
+                orphan.sock.close()
 
     def perform(self, op: Op) -> None:
         request: dict[str, Any] = {
@@ -93,10 +122,8 @@ class Client(threading.Thread):
         while time.time() < give_up and not self.abort.is_set():
             request["term"] = self.max_term  # 0 at first: the answer then carries the term
             node = self.guess
-            attempt = self.attempt(node, json.dumps(request).encode() + b"\n")
+            attempt = self.attempt(op, node, json.dumps(request).encode() + b"\n")
             op.attempts.append(attempt)
-            if attempt.term is not None:
-                self.max_term = max(self.max_term, attempt.term)
             if attempt.outcome == "ok":
                 return
             if attempt.code == "replication_timeout":
@@ -107,8 +134,9 @@ class Client(threading.Thread):
             else:
                 self.guess = self.names[(self.names.index(node) + 1) % len(self.names)]
                 time.sleep(0.05)
+            self.reap()
 
-    def attempt(self, node: str, payload: bytes) -> Attempt:
+    def attempt(self, op: Op, node: str, payload: bytes) -> Attempt:
         try:
             sock = self.connect(node)
         except OSError:
@@ -119,15 +147,22 @@ class Client(threading.Thread):
             sock.sendall(payload)
             line = self.readline(node, sock)
         except TimeoutError:
-            self.disconnect(node)
+            buffer = self.buffers.pop(node)
+            del self.conns[node]
+            self.orphans.append(Orphan(op, node, sock, sent, buffer, time.monotonic() + ORPHAN_S))
             return Attempt(node, sent, time.time(), "timeout")
         except OSError:
             self.disconnect(node)
             return Attempt(node, sent, time.time(), "broken")
+        return self.answered(node, sent, line)
+
+    def answered(self, node: str, sent: float, line: bytes, *, late: bool = False) -> Attempt:
         done = time.time()
         answer = json.loads(line)
         term = answer.get("term")
         term = term if isinstance(term, int) else None
+        if term is not None:
+            self.max_term = max(self.max_term, term)
         if answer.get("success"):
             lsn = answer.get("lsn")
             return Attempt(
@@ -138,12 +173,40 @@ class Client(threading.Thread):
                 term=term,
                 lsn=lsn if isinstance(lsn, int) else None,
                 replayed=answer.get("idempotent") is True,
+                late=late,
             )
-        attempt = Attempt(node, sent, done, "error", code=str(answer.get("error_code")), term=term)
+        attempt = Attempt(
+            node, sent, done, "error", code=str(answer.get("error_code")), term=term, late=late
+        )
         match = HINT.search(str(answer.get("response")))
         if match is not None:
             attempt.hint = self.by_port.get(int(match.group(1)))
         return attempt
+
+    def reap(self, wait: float = 0.0) -> None:
+        """Record the late answers timed-out requests got; forget those closed or too old."""
+        if not self.orphans:
+            return
+        ready, _, _ = select.select([o.sock for o in self.orphans], [], [], wait)
+        for orphan in list(self.orphans):
+            line = None
+            if orphan.sock in ready:
+                try:
+                    chunk = orphan.sock.recv(1 << 16)
+                except OSError:
+                    chunk = b""
+                orphan.buffer += chunk
+                if b"\n" in orphan.buffer:
+                    line = orphan.buffer.split(b"\n", 1)[0]
+                elif chunk:
+                    continue
+            elif time.monotonic() < orphan.expires:
+                continue
+            self.orphans.remove(orphan)
+            orphan.sock.close()
+            if line is not None:
+                late = self.answered(orphan.node, orphan.sent, line, late=True)
+                self.history.late(orphan.op, late)
 
     def connect(self, node: str) -> socket.socket:
         sock = self.conns.get(node)

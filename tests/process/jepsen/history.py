@@ -51,6 +51,8 @@ class Attempt:
     replayed: bool = False
     #: the node a `not_leader` answer named as leader
     hint: str | None = None
+    #: the answer came after the client had timed out (and retried elsewhere)
+    late: bool = False
 
     def maybe_applied(self) -> bool:
         if self.outcome in ("ok", "timeout", "broken"):
@@ -70,12 +72,12 @@ class Op:
     completed: float | None = None
 
     @property
-    def ack(self) -> Attempt | None:
-        return next((a for a in self.attempts if a.outcome == "ok"), None)
+    def acks(self) -> list[Attempt]:
+        return [a for a in self.attempts if a.outcome == "ok"]
 
     def finish(self, now: float) -> None:
         self.completed = now
-        if self.ack is not None:
+        if self.acks:
             self.type = "ok"
         elif any(a.maybe_applied() for a in self.attempts):
             self.type = "info"
@@ -99,6 +101,13 @@ class History:
             op.finish(now)
             if op.type == "ok":
                 self.last_ack = max(self.last_ack, now)
+
+    def late(self, op: Op, attempt: Attempt) -> None:
+        """A timed-out attempt's answer came after all: one more attempt (the op may become ok)."""
+        with self._lock:
+            op.attempts.append(attempt)
+            if op.completed is not None:
+                op.finish(op.completed)
 
     def snapshot(self) -> list[Op]:
         with self._lock:
