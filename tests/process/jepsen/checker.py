@@ -16,7 +16,9 @@ Checks, for keyed `counter.increment` of 1 (Maelstrom's pn_counter, grow-only):
 - fencing order: every ack of term T was sent before the first ack of any later term came back
   (the old master's gate closes before the new leader can exist);
 - no idempotency_conflict: a retry sends the same payload under the same key;
-- after convergence every node's sums equal the leader's.
+- after convergence every node's sums equal the leader's, and every node's term history
+  (`karma.history`) is the same; it names each acked term with the node that acked in it, and
+  each ack's `lsn` lies past that term's start.
 """
 
 from __future__ import annotations
@@ -108,7 +110,12 @@ class Report:
                     f"{k}: {ok}/{info}/{final}" for k, (ok, info, final) in self.keys.items()
                 ),
             ),
-            ("lost acked writes", f"{self.lost} (bound estimate {self.loss_bound})"),
+            (
+                "lost acked writes",
+                f"{self.lost} (async bound estimate {self.loss_bound})"
+                if self.mode == "async"
+                else str(self.lost),
+            ),
             ("failovers", failovers or "-"),
             (
                 "terms (acking node)",
@@ -232,6 +239,37 @@ def check_fencing_order(found: Sequence[Ack]) -> list[str]:
     ]
 
 
+def check_histories(
+    found: Sequence[Ack], histories: Mapping[str, Sequence[Sequence[object]]]
+) -> list[str]:
+    """Identical term histories on every node, and the acks agree with them."""
+    violations = []
+    distinct = {json.dumps(h) for h in histories.values()}
+    if len(distinct) > 1:
+        tails = {node: [list(row) for row in h[-2:]] for node, h in sorted(histories.items())}
+        violations.append(f"the nodes' karma.history differ (last rows: {tails})")
+    longest = max(histories.values(), key=len, default=[])
+    starts = {int(str(term)): (int(str(lsn)), str(node)) for term, lsn, node in longest}
+    if sorted(starts) != [int(str(row[0])) for row in longest]:
+        violations.append(f"karma.history terms are not increasing: {longest}")
+    for ack in found:
+        if ack.term not in starts:
+            violations.append(
+                f"term {ack.term} (acked by {ack.attempt.node}) is not in the history"
+            )
+            continue
+        start, node = starts[ack.term]
+        lsn = ack.attempt.lsn
+        if node != ack.attempt.node:
+            violations.append(f"term {ack.term} was {node}'s, but {ack.attempt.node} acked in it")
+        elif lsn is not None and lsn < start + (0 if ack.attempt.replayed else 1):
+            violations.append(
+                f"{ack.op.idempotency_key} acked at lsn {lsn} in term {ack.term}, which"
+                f" started after lsn {start}"
+            )
+    return violations
+
+
 def failover_times(
     found: Sequence[Ack], events: Sequence[NemesisEvent]
 ) -> list[tuple[str, float | None]]:
@@ -271,6 +309,7 @@ def check(
     events: Sequence[NemesisEvent],
     final: Mapping[int, int],
     replicas: Mapping[str, Mapping[int, int]],
+    histories: Mapping[str, Sequence[Sequence[object]]] | None,
     poll_window_s: float,
 ) -> Report:
     found, term_source = acks(ops, logs)
@@ -283,6 +322,10 @@ def check(
         deadline_checked = 0
         notes.append("no ha.renewed lines in the nodes' logs: deadline check not run")
     violations += check_fencing_order(found)
+    if histories is None:
+        notes.append("no karma.history files: history check not run")
+    else:
+        violations += check_histories(found, histories)
 
     ok: Counter[int] = Counter(op.key for op in ops if op.type == "ok")
     info: Counter[int] = Counter(op.key for op in ops if op.type == "info")

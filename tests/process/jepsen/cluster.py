@@ -152,6 +152,14 @@ class Group:
                 return None
         return found
 
+    def histories(self) -> dict[str, list[list[object]]] | None:
+        """Each node's term history (`karma.history`); None when no node has one."""
+        found = {}
+        for name, proc in self.nodes.items():
+            path = proc.directory / "karma.history"
+            found[name] = json.loads(path.read_text()) if path.exists() else []
+        return found if any(found.values()) else None
+
     def logs(self) -> list[LogEvent]:
         events = []
         for name, proc in self.nodes.items():

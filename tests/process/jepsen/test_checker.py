@@ -11,11 +11,12 @@ from tests.process.jepsen.checker import LogEvent, NemesisEvent, Report, check, 
 from tests.process.jepsen.history import Attempt, Op
 
 T0 = 1_800_000_000.0
+HISTORY: list[list[object]] = [[5, 0, "a"], [7, 40, "b"], [9, 60, "a"]]
 
 
 def op(n: int, node: str, sent: float, *, term: int | None = 5, key: int = 1) -> Op:
     done = Op(client=0, key=key, idempotency_key=f"k{n}", invoked=T0 + sent)
-    done.attempts.append(Attempt(node, T0 + sent, T0 + sent + 0.01, "ok", term=term))
+    done.attempts.append(Attempt(node, T0 + sent, T0 + sent + 0.01, "ok", term=term, lsn=100 + n))
     done.finish(T0 + sent + 0.01)
     return done
 
@@ -32,6 +33,7 @@ def run(
     final: dict[int, int] | None = None,
     mode: str = "async",
     replicas: dict[str, dict[int, int]] | None = None,
+    histories: dict[str, list[list[object]]] | None = None,
 ) -> Report:
     logs = list(logs) or [renewed("a", 0, 5, 100), renewed("b", 0, 7, 100)]
     return check(
@@ -42,6 +44,7 @@ def run(
         events=[NemesisEvent("kill_master", "a", T0 + 50, T0 + 52)],
         final=final if final is not None else {1: len(ops)},
         replicas=replicas or {},
+        histories=histories or {"a": HISTORY, "b": HISTORY},
         poll_window_s=0.5,
     )
 
@@ -59,7 +62,10 @@ def test_a_clean_history_has_no_violation() -> None:
 
 def test_two_nodes_acking_in_one_term_is_a_violation() -> None:
     report = run([op(1, "a", 1), op(2, "b", 2)], [renewed("a", 0, 5, 100), renewed("b", 0, 5, 9)])
-    assert report.violations == ["term 5 acked by 2 nodes: ['a', 'b']"]
+    assert report.violations == [
+        "term 5 acked by 2 nodes: ['a', 'b']",
+        "term 5 was a's, but b acked in it",  # the history names one
+    ]
 
 
 def test_an_ack_sent_after_the_nodes_deadline_is_a_violation() -> None:
@@ -143,3 +149,22 @@ def test_log_lines_that_are_not_json_are_skipped() -> None:
     assert event.event == "ha.renewed"
     assert event.fields["term"] == 3
     assert event.at == dt.datetime(2027, 1, 15, 8, 0, 0, 250_000, tzinfo=dt.UTC).timestamp()
+
+
+def test_histories_must_be_identical_and_name_the_node_that_acked_each_term() -> None:
+    history = [op(1, "a", 1), op(2, "b", 60, term=7)]
+    assert run(history).violations == []
+    stale = {"a": HISTORY, "b": HISTORY[:2]}
+    assert run(history, histories=stale).violations == [
+        "the nodes' karma.history differ (last rows: {'a': [[7, 40, 'b'], [9, 60, 'a']],"
+        " 'b': [[5, 0, 'a'], [7, 40, 'b']]})"
+    ]
+    other = {"a": [[5, 0, "a"], [7, 40, "c"]]}
+    assert run(history, histories=other).violations == ["term 7 was c's, but b acked in it"]
+    late = {"a": [[5, 0, "a"], [7, 500, "b"]]}
+    assert run(history, histories=late).violations == [
+        "k2 acked at lsn 102 in term 7, which started after lsn 500"
+    ]
+    assert run([op(3, "a", 1, term=6)], [renewed("a", 0, 6, 100)]).violations == [
+        "term 6 (acked by a) is not in the history"
+    ]

@@ -142,6 +142,7 @@ def test_no_acknowledged_write_is_lost_or_doubled_and_one_node_acks_per_term(
             events=nemesis.events,
             final=final,
             replicas=replicas,
+            histories=group.histories(),
             poll_window_s=2 * POLL_MS / 1000,
         )
         print(report.table())
