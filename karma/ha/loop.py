@@ -327,6 +327,7 @@ class HaTask:
         await self.roles.promote(term, history)
         # writes open only now, and only until the lease's deadline as of its last renewal
         self.fence.renewed(lease_sent, s.ttl_s, rules.margin_s(s.ttl_s))
+        self._log_deadline()
         remaining = round(self.fence.remaining_s(), 3)
         self.log.info("ha.promoted", term=term, lsn=lsn, fenced_in_s=remaining)
         await self._publish("master")
