@@ -141,3 +141,22 @@ def test_closing_the_fence_is_immediate() -> None:
     fence.renewed(0.0, 10, 2)
     fence.close()
     assert not fence.may_ack()
+
+
+def test_an_entry_belongs_to_the_newest_term_that_started_before_it() -> None:
+    history = [rules.TermStart(3, 0, "a"), rules.TermStart(7, 100, "b")]
+    assert rules.term_of_entry([], 50) == 0
+    assert rules.term_of_entry(history, 0) == 0  # nothing written yet
+    assert rules.term_of_entry(history, 1) == 3
+    assert rules.term_of_entry(history, 100) == 3  # term 7 starts after LSN 100
+    assert rules.term_of_entry(history, 101) == 7
+    assert rules.last_term(history) == 7
+    assert rules.last_term([]) == 0
+
+
+def test_a_tail_from_an_older_term_past_a_newer_terms_start_diverged() -> None:
+    history = [rules.TermStart(3, 0, "a"), rules.TermStart(7, 100, "b")]
+    # a replica of term 3 holding 105 entries: 101..105 were a's, b started at 100
+    assert rules.diverged_after(3, 105, history) == 100
+    assert rules.diverged_after(3, 100, history) is None  # a prefix of b's
+    assert rules.diverged_after(7, 105, history) is None  # written in b's term
