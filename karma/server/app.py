@@ -248,7 +248,8 @@ def _ha_task(
     etcd = EtcdClient(config.ha_etcd.split(","), timeout_s=min(1.0, config.ha_ttl / 3))
     roles = ServerRoles(config, directory, node, status, log, services, name)
     log.info("ha.started", node=name, addr=settings.addr, etcd=config.ha_etcd)
-    return HaTask(settings, etcd, fence, roles, log)
+    node.replicas.unpublished()  # no report counts until this node leads and publishes
+    return HaTask(settings, etcd, fence, roles, log, replicas=node.replicas)
 
 
 def replica_name(config: Config, port: int) -> str:

@@ -160,3 +160,16 @@ def test_a_tail_from_an_older_term_past_a_newer_terms_start_diverged() -> None:
     assert rules.diverged_after(3, 105, history) == 100
     assert rules.diverged_after(3, 100, history) is None  # a prefix of b's
     assert rules.diverged_after(7, 105, history) is None  # written in b's term
+
+
+def test_the_sync_set_keeps_a_silent_member_until_another_holds_every_replicated_ack() -> None:
+    lsns = {"b": 40, "c": 50}
+    # c went silent; b holds LSN 40 but a replicated write was acked at 50 (on c only)
+    assert rules.next_sync_nodes(["b", "c"], ["b"], lsns, acked_lsn=50) == ["b", "c"]
+    # once b reports 50, c may go
+    assert rules.next_sync_nodes(["b", "c"], ["b"], {"b": 50, "c": 50}, 50) == ["b"]
+    # no replicated ack yet: the set is just who polls
+    assert rules.next_sync_nodes(["b", "c"], ["c", "d"], lsns, acked_lsn=0) == ["c", "d"]
+    value = rules.SyncSet(term=4, nodes=["b"], strict=True)
+    assert rules.decode_sync(rules.encode(value)) == value
+    assert rules.decode_sync(b"[") is None
