@@ -88,6 +88,8 @@ class HaTask:
     #: the sync set in etcd, as last read
     sync: rules.SyncSet | None = None
     rounds: int = 0
+    #: stopping: never race for the leader key again
+    leaving: bool = False
     #: when the last keepalive (or grant) that etcd confirmed was sent
     _lease_sent: float = attrs.field(default=-math.inf, init=False)
 
@@ -161,6 +163,29 @@ class HaTask:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await self._resign()
             await self.etcd.aclose()
+
+    async def hand_over(self, timeout_s: float) -> None:
+        """A planned stop (SIGTERM): stop acking, let the replicas fetch every entry, then
+        delete the leader key, so the replica that takes over has everything acknowledged.
+
+        Replicas are still polling (the listener is open until this returns); the best of
+        them wins the race (it asks every member, us included: we answer as a replica).
+        """
+        self.leaving = True
+        term = self.term
+        if not term:
+            return
+        lsn = self.roles.lsn()
+        self._step_down("stopping: handing over")
+        self.replicas.counted = None  # every replica's report counts now
+        waiting = max(1, len(self.replicas.polling(self.settings.ttl_s)))
+        caught_up = await self.replicas.wait_for(lsn, waiting, timeout_s)
+        self.log.info("ha.hand_over", term=term, lsn=lsn, replicas_caught_up=caught_up)
+        with trio.move_on_after(timeout_s):
+            try:
+                await self.etcd.delete_if(self.settings.keys.leader, create_revision=term)
+            except EtcdError as exc:
+                self.log.warning("ha.resign_failed", error=str(exc))
 
     async def _resign(self) -> None:
         """Shutdown: stop acking, delete our leader key (if still ours), revoke the lease."""
@@ -318,6 +343,8 @@ class HaTask:
         await self._race()
 
     async def _race(self) -> None:
+        if self.leaving:
+            return
         s = self.settings
         me = self._me("replica")
         reason = rules.refusal_to_promote(me, self.members, self.latest_lsn, s.max_lag)
