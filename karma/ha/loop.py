@@ -28,6 +28,7 @@ from karma.ha import rules
 from karma.ha.etcd import EtcdClient, EtcdError, Lease, RangeResult
 from karma.ha.fence import Fence
 from karma.observability.logs import Logger
+from karma.server.replicas import Replicas
 
 
 class Roles(Protocol):
@@ -81,7 +82,14 @@ class HaTask:
     history: list[rules.TermStart] = attrs.field(factory=list)
     #: the highest master LSN seen (status key, leader's member key, our own polls)
     latest_lsn: int = 0
+    #: the replicas polling this node: the leader publishes which of them count for
+    #: replicated writes (the sync set)
+    replicas: Replicas = attrs.field(factory=Replicas)
+    #: the sync set in etcd, as last read
+    sync: rules.SyncSet | None = None
     rounds: int = 0
+    #: stopping: never race for the leader key again
+    leaving: bool = False
     #: when the last keepalive (or grant) that etcd confirmed was sent
     _lease_sent: float = attrs.field(default=-math.inf, init=False)
 
@@ -145,11 +153,39 @@ class HaTask:
                         self._step_down("lease deadline passed without etcd")
                 self.rounds += 1
                 # a leader past its deadline must not wait a whole round to notice
-                await trio.sleep(max(0.0, started + self.settings.loop_wait_s - self.clock()))
+                delay = max(0.0, started + self.settings.loop_wait_s - self.clock())
+                with trio.move_on_after(delay):
+                    if self.leading:  # a replicated write waits for a strict sync set
+                        await self.replicas.strict_requested.wait()
+                    else:
+                        await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await self._resign()
             await self.etcd.aclose()
+
+    async def hand_over(self, timeout_s: float) -> None:
+        """A planned stop (SIGTERM): stop acking, let the replicas fetch every entry, then
+        delete the leader key, so the replica that takes over has everything acknowledged.
+
+        Replicas are still polling (the listener is open until this returns); the best of
+        them wins the race (it asks every member, us included: we answer as a replica).
+        """
+        self.leaving = True
+        term = self.term
+        if not term:
+            return
+        lsn = self.roles.lsn()
+        self._step_down("stopping: handing over")
+        self.replicas.counted = None  # every replica's report counts now
+        waiting = max(1, len(self.replicas.polling(self.settings.ttl_s)))
+        caught_up = await self.replicas.wait_for(lsn, waiting, timeout_s)
+        self.log.info("ha.hand_over", term=term, lsn=lsn, replicas_caught_up=caught_up)
+        with trio.move_on_after(timeout_s):
+            try:
+                await self.etcd.delete_if(self.settings.keys.leader, create_revision=term)
+            except EtcdError as exc:
+                self.log.warning("ha.resign_failed", error=str(exc))
 
     async def _resign(self) -> None:
         """Shutdown: stop acking, delete our leader key (if still ours), revoke the lease."""
@@ -201,6 +237,7 @@ class HaTask:
     def _read(self, cluster: RangeResult) -> None:
         keys = self.settings.keys
         self.leader = None
+        self.sync = None
         members: list[rules.Member] = []
         for kv in cluster.kvs:
             if kv.key == keys.leader:
@@ -211,6 +248,8 @@ class HaTask:
                     self.latest_lsn = max(self.latest_lsn, status.lsn)
             elif kv.key == keys.history:
                 self.history = rules.decode_history(kv.value)
+            elif kv.key == keys.sync:
+                self.sync = rules.decode_sync(kv.value)
             elif kv.key.startswith(keys.prefix + "members/"):
                 member = rules.decode_member(kv.value)
                 if member is not None:
@@ -255,7 +294,32 @@ class HaTask:
         ):
             self._step_down("guarded status write failed")
             return
-        await self._publish("master")
+        await self._publish_sync()
+        if self.leading:
+            await self._publish("master")
+
+    async def _publish_sync(self) -> None:
+        """Publish which replicas count for replicated writes, when that changed."""
+        s, replicas = self.settings, self.replicas
+        published = replicas.counted or frozenset()
+        nodes = rules.next_sync_nodes(
+            sorted(published), replicas.polling(s.ttl_s), replicas.lsns, replicas.acked_lsn
+        )
+        strict = replicas.strict or replicas.strict_wanted
+        if (
+            replicas.counted is not None
+            and frozenset(nodes) == published
+            and strict == replicas.strict
+        ):
+            return
+        value = rules.SyncSet(term=self.term, nodes=nodes, strict=strict)
+        if not await self.etcd.guarded_put(
+            s.keys.sync, rules.encode(value), guard=s.keys.leader, create_revision=self.term
+        ):
+            self._step_down("guarded sync write failed")
+            return
+        replicas.published(frozenset(nodes), strict=strict)
+        self.log.info("ha.sync_set", term=self.term, nodes=nodes, strict=strict)
 
     async def _as_replica(self) -> None:
         await self._publish("replica")
@@ -279,6 +343,8 @@ class HaTask:
         await self._race()
 
     async def _race(self) -> None:
+        if self.leaving:
+            return
         s = self.settings
         me = self._me("replica")
         reason = rules.refusal_to_promote(me, self.members, self.latest_lsn, s.max_lag)
@@ -324,13 +390,16 @@ class HaTask:
             guard=s.keys.leader,
             create_revision=term,
         )
+        self.replicas.unpublished()
         await self.roles.promote(term, history)
         # writes open only now, and only until the lease's deadline as of its last renewal
         self.fence.renewed(lease_sent, s.ttl_s, rules.margin_s(s.ttl_s))
-        self._log_deadline()  # the term's first deadline: acks before the next renewal use it
+        self._log_deadline()
         remaining = round(self.fence.remaining_s(), 3)
         self.log.info("ha.promoted", term=term, lsn=lsn, fenced_in_s=remaining)
-        await self._publish("master")
+        await self._publish_sync()
+        if self.leading:
+            await self._publish("master")
 
     async def _ask_members(self, me: rules.Member) -> str | None:
         """Rule 3: every member's own word (1 s each, at once); defer if one is ahead of us
@@ -345,6 +414,15 @@ class HaTask:
         async with trio.open_nursery() as nursery:
             for member in others:
                 nursery.start_soon(ask, member)
+        sync = self.sync
+        if sync is not None and sync.strict and sync.nodes and sync.term >= latest_term:
+            # the last term acknowledged replicated writes: they are on some node of its sync
+            # set, so only a member of it may win, and only having heard from all of it
+            if me.node not in sync.nodes:
+                return f"not in term {sync.term}'s sync set {sync.nodes}"
+            for name in sync.nodes:
+                if name != me.node and answers.get(name) is None:
+                    return f"sync member {name} of term {sync.term} did not answer"
         for member in others:
             answer = answers.get(member.node)
             if answer is None:
@@ -361,4 +439,5 @@ class HaTask:
         self.fence.close()
         self.term = 0
         self.following = None
+        self.replicas.unpublished()
         self.roles.step_down()

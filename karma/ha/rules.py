@@ -42,6 +42,10 @@ class Keys:
     def history(self) -> str:
         return self.prefix + "history"
 
+    @property
+    def sync(self) -> str:
+        return self.prefix + "sync"
+
     def member(self, node: str) -> str:
         return self.prefix + "members/" + node
 
@@ -71,6 +75,20 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
 
     term: int
     lsn: int
+
+
+class SyncSet(msgspec.Struct, frozen=True, kw_only=True):
+    """The replicas whose reports count for `durability:"replicated:N"` writes in `term`.
+
+    Once `strict` (the term acknowledged a replicated write, or is about to), a failover
+    must reach every node of the set and only a node in it may win (Patroni's /sync key;
+    spec/ha.md §3 with N = 1, the most careful quorum): an acknowledged replicated write is
+    then on the winner.
+    """
+
+    term: int
+    nodes: list[str]
+    strict: bool = False
 
 
 class TermStart(msgspec.Struct, frozen=True, array_like=True):
@@ -113,6 +131,26 @@ def decode_status(data: bytes) -> Status | None:
         return msgspec.json.decode(data, type=Status)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
+
+
+def decode_sync(data: bytes) -> SyncSet | None:
+    try:
+        return msgspec.json.decode(data, type=SyncSet)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def next_sync_nodes(
+    published: Sequence[str], polling: Iterable[str], lsns: dict[str, int], acked_lsn: int
+) -> list[str]:
+    """The sync set to publish next: the replicas polling now, plus any published member
+    that stopped polling while the new set does not yet hold every acknowledged replicated
+    write (dropping it then could lose one at failover)."""
+    nodes = sorted(set(polling))
+    covered = any(lsns.get(node, 0) >= acked_lsn for node in nodes) if acked_lsn else True
+    if not covered:
+        nodes = sorted(set(nodes) | set(published))
+    return nodes
 
 
 def decode_history(data: bytes) -> list[TermStart]:

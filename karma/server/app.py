@@ -184,6 +184,7 @@ async def serve(
                         failures,
                     )
                     port = listeners[0].socket.getsockname()[1]
+                    ha = None
                     if fence is not None:
                         ha = _ha_task(config, directory, node, status, log, services, fence, port)
                         node.topology = ha.topology
@@ -204,6 +205,8 @@ async def serve(
                     task_status.started(listeners)
                     systemd.notify("READY=1")
                     await shutdown.wait()
+                    if ha is not None:  # still listening: replicas fetch the last entries
+                        await ha.hand_over(HAND_OVER_S)
                     status.listening = False
                     systemd.notify("STOPPING=1")
                     log.info("server.stopping", open_connections=len(connections.child_tasks))
@@ -248,7 +251,12 @@ def _ha_task(
     etcd = EtcdClient(config.ha_etcd.split(","), timeout_s=min(1.0, config.ha_ttl / 3))
     roles = ServerRoles(config, directory, node, status, log, services, name)
     log.info("ha.started", node=name, addr=settings.addr, etcd=config.ha_etcd)
-    return HaTask(settings, etcd, fence, roles, log)
+    node.replicas.unpublished()  # no report counts until this node leads and publishes
+    return HaTask(settings, etcd, fence, roles, log, replicas=node.replicas)
+
+
+#: how long a stopping HA master waits for its replicas to hold its last entry
+HAND_OVER_S = 5.0
 
 
 def replica_name(config: Config, port: int) -> str:

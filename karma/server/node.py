@@ -194,7 +194,11 @@ class Node:
         lsn = self.status.wal_current_lsn  # this write's own LSN or a later one
         if write and replicas:
             timeout_s = self.config.replicated_timeout_ms / 1000
-            if not await self.replicas.wait_for(lsn, replicas, timeout_s):
+            deadline = trio.current_time() + timeout_s
+            # HA: acked only once etcd says a failover must reach the replicas that count
+            strict = self.fence is None or await self.replicas.until_strict(timeout_s)
+            left_s = max(0.0, deadline - trio.current_time())
+            if not strict or not await self.replicas.wait_for(lsn, replicas, left_s):
                 error = KarmaError(
                     ErrorCode.REPLICATION_TIMEOUT,
                     f"Write logged at LSN {lsn} on this node but fewer than {replicas} replicas"
@@ -205,6 +209,7 @@ class Node:
                 return envelope.encode_error(error)
             if self.fence is not None and not self.fence.may_ack():
                 return envelope.encode_error(self.fence.refusal())
+            self.replicas.acknowledged(lsn)
         return envelope.with_term(data, self.current_term(), lsn if write else None)
 
     async def _handle_async(self, request: r.Request) -> bytes:

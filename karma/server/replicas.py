@@ -26,9 +26,22 @@ class Replicas:
     polled: dict[str, float] = attrs.field(factory=dict)
     _waiters: list[tuple[int, int, trio.Event]] = attrs.field(factory=list)
     _appended: trio.Event | None = None
+    #: HA: only these nodes' reports count (the sync set published in etcd); None: all do
+    counted: frozenset[str] | None = None
+    #: HA: the published sync set is strict (a failover must reach all of it)
+    strict: bool = False
+    #: HA: a replicated write waits for the set to be strict; the HA task publishes it
+    strict_wanted: bool = False
+    _strict_published: trio.Event = attrs.field(factory=trio.Event)
+    #: set when a replicated write waits for a strict set: wakes the HA task early
+    strict_requested: trio.Event = attrs.field(factory=trio.Event)
+    #: the highest LSN acknowledged as replicated (the sync set keeps a node until another
+    #: member holds it)
+    acked_lsn: int = 0
 
-    def report(self, node: str, lsn: int) -> None:
-        self.polled[node] = self.clock()
+    def report(self, node: str, lsn: int, *, polled: bool = True) -> None:
+        if polled:
+            self.polled[node] = self.clock()
         self.lsns[node] = lsn
         if self._waiters:
             still = []
@@ -40,14 +53,55 @@ class Replicas:
             self._waiters = still
 
     def confirmed(self, lsn: int) -> int:
-        """How many replicas reported holding `lsn`."""
-        return sum(1 for held in self.lsns.values() if held >= lsn)
+        """How many replicas that count reported holding `lsn`."""
+        counted = self.counted
+        return sum(
+            1
+            for node, held in self.lsns.items()
+            if held >= lsn and (counted is None or node in counted)
+        )
+
+    def polling(self, within_s: float) -> list[str]:
+        """The replicas that polled in the last `within_s` seconds."""
+        since = self.clock() - within_s
+        return [node for node, at in self.polled.items() if at >= since]
+
+    def published(self, nodes: frozenset[str], *, strict: bool) -> None:
+        """HA: the sync set in etcd is now `nodes` (guarded by our term)."""
+        self.counted = nodes
+        self.strict = strict
+        if strict:
+            self._strict_published.set()
+            self.strict_requested = trio.Event()
+        self.report_all()
+
+    def unpublished(self) -> None:
+        """HA: not the leader (any more): no report counts until a set is published."""
+        self.counted = frozenset()
+        self.strict = self.strict_wanted = False
+        self._strict_published = trio.Event()
+        self.strict_requested = trio.Event()
+        self.acked_lsn = 0
+
+    async def until_strict(self, timeout_s: float) -> bool:
+        if self.strict:
+            return True
+        self.strict_wanted = True
+        self.strict_requested.set()
+        event = self._strict_published
+        with trio.move_on_after(timeout_s):
+            await event.wait()
+        return event.is_set()
+
+    def report_all(self) -> None:
+        for node, lsn in list(self.lsns.items()):
+            self.report(node, lsn, polled=False)
 
     def max_lsn(self) -> int:
         return max(self.lsns.values(), default=0)
 
     async def wait_for(self, lsn: int, count: int, timeout_s: float) -> bool:
-        """True once `count` replicas hold `lsn`; False after `timeout_s`."""
+        """True once `count` replicas that count hold `lsn`; False after `timeout_s`."""
         if self.confirmed(lsn) >= count:
             return True
         event = trio.Event()
@@ -58,6 +112,9 @@ class Replicas:
         if waiter in self._waiters:
             self._waiters.remove(waiter)
         return event.is_set()
+
+    def acknowledged(self, lsn: int) -> None:
+        self.acked_lsn = max(self.acked_lsn, lsn)
 
     def wal_appended(self) -> None:
         """The WAL writer logged entries: wake the polls waiting for one (cheap when none)."""

@@ -104,6 +104,7 @@ def test_a_replicated_write_no_replica_confirms_answers_replication_timeout(
     replica = node(tmp_path, etcd, "b", "--ha-nofailover=true").start()
     try:
         assert start_group([master]) is master
+        wait_for(lambda: total(replica, 999) == 1, 10)  # the replica polls the master
         assert write(master, 1, durability="replicated:1")["success"] is True
         replica.signal(signal.SIGSTOP)
         started = time.monotonic()
@@ -224,3 +225,35 @@ def test_a_planned_switchover_by_sigterm_loses_no_acknowledged_write(three: list
     assert write(new, 11)["success"] is True
     wait_for(lambda: total(master, 11) == 31, 15)
     assert write(master, 11)["error_code"] == "not_leader"
+
+
+def test_a_replicated_write_survives_a_failover_while_the_replica_holding_it_is_paused(
+    tmp_path: Path, etcd: Etcd
+) -> None:
+    a = node(tmp_path, etcd, "a", "--ha-priority=9").start()
+    b = node(tmp_path, etcd, "b").start()
+    c = node(tmp_path, etcd, "c").start()
+    procs = [a, b, c]
+    try:
+        assert start_group_wait([a]) is a
+        wait_for(lambda: total(b, 999) == 1 and total(c, 999) == 1, 10)
+        assert write(a, 1, durability="replicated:1")["success"] is True  # the set is strict
+        c.signal(signal.SIGSTOP)
+        answer = write(a, 2, durability="replicated:1", idempotency_key="w")
+        assert answer["success"] is True, answer  # on b only
+        b.signal(signal.SIGSTOP)
+        a.kill()
+        c.signal(signal.SIGCONT)
+        # c lacks the write and cannot reach b, a member of the strict sync set: it must
+        # not win, even once b's member key has expired (async mode would promote it)
+        time.sleep(TTL * 2 + LOOP_WAIT * 2)
+        assert write(c, 3)["error_code"] == "not_leader"
+        assert "sync member b" in c.stderr()
+        b.signal(signal.SIGCONT)
+        new = start_group_wait([b, c])
+        assert total(new, 2) == 1  # the acknowledged replicated write was kept
+    finally:
+        for proc in procs:
+            if proc.process is not None and proc.process.poll() is None:
+                proc.signal(signal.SIGCONT)
+            proc.close()

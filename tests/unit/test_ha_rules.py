@@ -141,3 +141,35 @@ def test_closing_the_fence_is_immediate() -> None:
     fence.renewed(0.0, 10, 2)
     fence.close()
     assert not fence.may_ack()
+
+
+def test_an_entry_belongs_to_the_newest_term_that_started_before_it() -> None:
+    history = [rules.TermStart(3, 0, "a"), rules.TermStart(7, 100, "b")]
+    assert rules.term_of_entry([], 50) == 0
+    assert rules.term_of_entry(history, 0) == 0  # nothing written yet
+    assert rules.term_of_entry(history, 1) == 3
+    assert rules.term_of_entry(history, 100) == 3  # term 7 starts after LSN 100
+    assert rules.term_of_entry(history, 101) == 7
+    assert rules.last_term(history) == 7
+    assert rules.last_term([]) == 0
+
+
+def test_a_tail_from_an_older_term_past_a_newer_terms_start_diverged() -> None:
+    history = [rules.TermStart(3, 0, "a"), rules.TermStart(7, 100, "b")]
+    # a replica of term 3 holding 105 entries: 101..105 were a's, b started at 100
+    assert rules.diverged_after(3, 105, history) == 100
+    assert rules.diverged_after(3, 100, history) is None  # a prefix of b's
+    assert rules.diverged_after(7, 105, history) is None  # written in b's term
+
+
+def test_the_sync_set_keeps_a_silent_member_until_another_holds_every_replicated_ack() -> None:
+    lsns = {"b": 40, "c": 50}
+    # c went silent; b holds LSN 40 but a replicated write was acked at 50 (on c only)
+    assert rules.next_sync_nodes(["b", "c"], ["b"], lsns, acked_lsn=50) == ["b", "c"]
+    # once b reports 50, c may go
+    assert rules.next_sync_nodes(["b", "c"], ["b"], {"b": 50, "c": 50}, 50) == ["b"]
+    # no replicated ack yet: the set is just who polls
+    assert rules.next_sync_nodes(["b", "c"], ["c", "d"], lsns, acked_lsn=0) == ["c", "d"]
+    value = rules.SyncSet(term=4, nodes=["b"], strict=True)
+    assert rules.decode_sync(rules.encode(value)) == value
+    assert rules.decode_sync(b"[") is None
