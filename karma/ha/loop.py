@@ -347,7 +347,9 @@ class HaTask:
             return
         s = self.settings
         me = self._me("replica")
-        reason = rules.refusal_to_promote(me, self.members, self.latest_lsn, s.max_lag)
+        sync = rules.deciding_sync(self.sync, rules.last_term(self.history))
+        rivals = rules.rivals(self.members, sync)
+        reason = rules.refusal_to_promote(me, rivals, self.latest_lsn, s.max_lag)
         if reason is None and rules.last_term(self.history) > self.roles.local_term():
             # rule 1: a node that missed a term (a stale former master) never wins
             reason = (
@@ -355,7 +357,7 @@ class HaTask:
                 f" {rules.last_term(self.history)}"
             )
         if reason is None:
-            reason = await self._ask_members(me)
+            reason = await self._ask_members(me, sync)
         if reason is not None:
             self.log.info("ha.not_promoting", reason=reason, lsn=me.lsn, latest=self.latest_lsn)
             return
@@ -401,7 +403,7 @@ class HaTask:
         if self.leading:
             await self._publish("master")
 
-    async def _ask_members(self, me: rules.Member) -> str | None:
+    async def _ask_members(self, me: rules.Member, sync: rules.SyncSet | None) -> str | None:
         """Rule 3: every member's own word (1 s each, at once); defer if one is ahead of us
         or still says master. A member that does not answer is taken as gone."""
         answers: dict[str, tuple[str, int] | None] = {}
@@ -414,8 +416,7 @@ class HaTask:
         async with trio.open_nursery() as nursery:
             for member in others:
                 nursery.start_soon(ask, member)
-        sync = self.sync
-        if sync is not None and sync.strict and sync.nodes and sync.term >= latest_term:
+        if sync is not None:
             # the last term acknowledged replicated writes: they are on some node of its sync
             # set, so only a member of it may win, and only having heard from all of it
             if me.node not in sync.nodes:
@@ -423,6 +424,7 @@ class HaTask:
             for name in sync.nodes:
                 if name != me.node and answers.get(name) is None:
                     return f"sync member {name} of term {sync.term} did not answer"
+        rivals = {m.node for m in rules.rivals(others, sync)}
         for member in others:
             answer = answers.get(member.node)
             if answer is None:
@@ -430,7 +432,12 @@ class HaTask:
             role, lsn = answer
             if role == "master":
                 return f"member {member.node} says it is master"
-            if not member.nofailover and member.term >= latest_term and lsn > me.lsn:
+            if (
+                member.node in rivals
+                and not member.nofailover
+                and member.term >= latest_term
+                and lsn > me.lsn
+            ):
                 return f"member {member.node} is ahead (lsn {lsn} > {me.lsn})"
         return None
 

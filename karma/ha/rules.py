@@ -153,6 +153,27 @@ def next_sync_nodes(
     return nodes
 
 
+def deciding_sync(sync: SyncSet | None, latest_term: int) -> SyncSet | None:
+    """The sync set that decides who may be promoted: the newest term's, once strict."""
+    if sync is not None and sync.strict and sync.nodes and sync.term >= latest_term:
+        return sync
+    return None
+
+
+def rivals(members: Iterable[Member], sync: SyncSet | None) -> list[Member]:
+    """The members a candidate defers to (by rank or because they are ahead of it).
+
+    While a strict sync set decides, a node outside it can never win, however far ahead: the
+    old master of a strict term is not in its own set, and ranking it first would leave every
+    node waiting on a candidate that refuses (a read-only group for ever). Its extra entries
+    were never acknowledged as replicated; they go aside when it follows the winner. A member
+    that still says master is always kept: nobody races a live master.
+    """
+    if sync is None:
+        return list(members)
+    return [m for m in members if m.node in sync.nodes or m.role == "master"]
+
+
 def decode_history(data: bytes) -> list[TermStart]:
     try:
         return msgspec.json.decode(data, type=list[TermStart])

@@ -173,3 +173,24 @@ def test_the_sync_set_keeps_a_silent_member_until_another_holds_every_replicated
     value = rules.SyncSet(term=4, nodes=["b"], strict=True)
     assert rules.decode_sync(rules.encode(value)) == value
     assert rules.decode_sync(b"[") is None
+
+
+def test_a_node_outside_a_strict_sync_set_is_no_rival_however_far_ahead() -> None:
+    # term 4's master a is back (paused, then resumed), level with b and c or ahead of them:
+    # it may not win (not in its own sync set), so b must not defer to it (tests/process/jepsen
+    # found the group read-only for ever: b and c waited on a, a refused)
+    a, b, c = member("a", 276), member("b", 276), member("c", 276)
+    strict = rules.SyncSet(term=4, nodes=["b", "c"], strict=True)
+    assert rules.deciding_sync(strict, latest_term=4) == strict
+    assert rules.refusal_to_promote(b, [a, b, c], 276, 100) == (
+        "member a is a better candidate (lsn 276)"
+    )
+    assert rules.refusal_to_promote(b, rules.rivals([a, b, c], strict), 276, 100) is None
+    ahead = member("a", 280)
+    assert rules.rivals([ahead, c], strict) == [c]
+    master = rules.Member(node="a", addr="a:1", role="master", lsn=280)
+    assert rules.rivals([master], strict) == [master]  # nobody races a live master
+    # not strict, or an older term's set: everyone counts
+    assert rules.deciding_sync(rules.SyncSet(term=4, nodes=["b"]), 4) is None
+    assert rules.deciding_sync(strict, latest_term=5) is None
+    assert rules.rivals([a, b], None) == [a, b]
