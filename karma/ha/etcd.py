@@ -9,15 +9,21 @@ Gateway facts this relies on (measured with Debian's etcd 3.4.23, spec/ha.md §6
 - fields with their zero value are omitted: a failed txn has no `succeeded`, an empty range no
   `kvs`, and a keepalive of a dead lease answers `{"result": {"ID": ...}}` without `TTL`;
 - an error is `{"error": ..., "message": ..., "code": N}` (gRPC codes: 5 not found, 14
-  unavailable), with an HTTP status >= 400.
+  unavailable), with an HTTP status >= 400;
+- `/v3/watch` streams one JSON object per line: `{"result": {"created": true, ...}}` first,
+  then `{"result": {"events": [...]}}` per change; a DELETE event says `"type": "DELETE"`, a
+  PUT has no `type`; a watch etcd ends (e.g. its start revision was compacted) says
+  `"canceled": true`.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+import anyio
 import attrs
 import httpx
 
@@ -63,6 +69,14 @@ class TxnResult:
     revision: int
     #: what the failure branch read (the key that was in the way), if it read anything
     kvs: tuple[KeyValue, ...]
+
+
+@attrs.frozen
+class WatchEvent:
+    #: "PUT" or "DELETE"
+    type: str
+    #: a DELETE's kv has only the key and the mod_revision of the deletion
+    kv: KeyValue
 
 
 @attrs.frozen
@@ -176,6 +190,14 @@ def delete_if_request(key: str, *, create_revision: int) -> Call:
     )
 
 
+def watch_request(key: str, *, start_revision: int) -> Call:
+    """Watch `key` from `start_revision` on (a range's revision + 1 misses nothing after it)."""
+    return Call(
+        "/v3/watch",
+        {"create_request": {"key": _b64(key), "start_revision": str(start_revision)}},
+    )
+
+
 # --- answers ----------------------------------------------------------------------------------
 def check(answer: Mapping[str, Any]) -> Mapping[str, Any]:
     """`answer`, or EtcdError when it is an error answer."""
@@ -235,10 +257,69 @@ def parse_keepalive(answer: Mapping[str, Any]) -> int | None:
     return int(ttl)
 
 
+def parse_watch(answer: Mapping[str, Any]) -> tuple[WatchEvent, ...]:
+    """The events in one line of a watch stream: none for `created` or a progress notice.
+
+    EtcdError when etcd ended the watch (`canceled`: its start revision was compacted, ...).
+    """
+    check(answer)
+    result = answer.get("result", answer)
+    check(result)
+    if result.get("canceled"):
+        reason = result.get("cancel_reason") or "canceled"
+        compacted = result.get("compact_revision")
+        raise EtcdError(
+            f"watch ended: {reason}" + (f" (compacted {compacted})" if compacted else "")
+        )
+    return tuple(
+        WatchEvent(str(raw.get("type", "PUT")), _kv(raw.get("kv", {})))
+        for raw in result.get("events", ())
+    )
+
+
+async def _first_events(reply: httpx.Response, url: str) -> tuple[WatchEvent, ...]:
+    """Read a watch stream up to the first line with events (or an error) in it.
+
+    httpx's line iterator is a stack of async generators: leaving the loop early would strand
+    the inner ones (trio warns as it collects them). Cancelling instead makes the next read
+    raise inside the innermost one, so the exception unwinds and closes every level.
+    """
+    found: tuple[WatchEvent, ...] | EtcdError | None = None
+    with anyio.CancelScope() as reading:
+        async for line in reply.aiter_lines():
+            if found is not None or not line.strip():
+                continue  # found: waiting for the cancellation to arrive at the next read
+            try:
+                answer = json.loads(line)
+                if not isinstance(answer, dict):
+                    raise EtcdError(f"{url}: unexpected watch answer {line:.80}")
+                events = parse_watch(answer)
+            except ValueError as exc:
+                found = EtcdError(f"{url}: unreadable watch answer {line:.80}: {exc}")
+            except EtcdError as exc:
+                found = exc
+            else:
+                found = events or None
+            if found is not None:
+                reading.cancel()
+    if found is None:
+        raise EtcdError(f"{url}: the watch stream ended")
+    if isinstance(found, EtcdError):
+        raise found
+    return found
+
+
 # --- I/O --------------------------------------------------------------------------------------
 @attrs.define(eq=False)
 class EtcdClient:
-    """POSTs gateway calls to the first endpoint that answers, preferring the last good one."""
+    """POSTs gateway calls to the first endpoint that answers, preferring the last good one.
+
+    One call takes at most `timeout_s` over all endpoints: each gets an equal share of what is
+    left, so one that refuses at once leaves its share to the next (Patroni divides its
+    retry_timeout among the members the same way). Without that bound a call would take up to
+    one timeout per member: 3 s with three members that hang (an etcd election, a lost quorum,
+    a black hole) while a test's master has 2.25 s between a keepalive and its deadline.
+    """
 
     urls: Sequence[str]
     timeout_s: float = 1.0
@@ -250,14 +331,21 @@ class EtcdClient:
             self._http = httpx.AsyncClient(timeout=self.timeout_s)
         failures: list[str] = []
         count = len(self.urls)
+        deadline = anyio.current_time() + self.timeout_s
         for step in range(count):
             index = (self._preferred + step) % count
             url = self.urls[index]
-            try:
-                reply = await self._http.post(url + request.path, json=request.body)
-                answer = reply.json()
-            except (httpx.HTTPError, ValueError) as exc:
-                failures.append(f"{url}: {str(exc) or type(exc).__name__}")
+            share = (deadline - anyio.current_time()) / (count - step)
+            reply = None
+            with anyio.move_on_after(share):
+                try:
+                    reply = await self._http.post(url + request.path, json=request.body)
+                    answer = reply.json()
+                except (httpx.HTTPError, ValueError) as exc:
+                    failures.append(f"{url}: {str(exc) or type(exc).__name__}")
+                    continue
+            if reply is None:
+                failures.append(f"{url}: no answer within {max(share, 0):.2f} s")
                 continue
             if not isinstance(answer, dict):
                 failures.append(f"{url}: unexpected answer {answer!r:.80}")
@@ -268,6 +356,37 @@ class EtcdClient:
             self._preferred = index
             return answer
         raise EtcdError("etcd unavailable: " + "; ".join(failures))
+
+    async def watch(self, key: str, *, start_revision: int) -> tuple[WatchEvent, ...]:
+        """Wait for the first change to `key` at or after `start_revision`; return its events.
+
+        One streamed `POST /v3/watch` on the preferred endpoint (the next ones if it cannot be
+        opened or breaks). It waits as long as nothing changes: the caller bounds it with a
+        cancel scope, and leaving it closes the stream (the gateway then cancels the watch in
+        etcd). EtcdError when no endpoint keeps a stream open, or etcd cancels the watch.
+        """
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=self.timeout_s)
+        request = watch_request(key, start_revision=start_revision)
+        # opening is as quick as any call; waiting for a change is not bounded here
+        timeout = httpx.Timeout(self.timeout_s, read=None)
+        failures: list[str] = []
+        count = len(self.urls)
+        for step in range(count):
+            index = (self._preferred + step) % count
+            url = self.urls[index]
+            try:
+                async with self._http.stream(
+                    "POST", url + request.path, json=request.body, timeout=timeout
+                ) as reply:
+                    if reply.status_code >= 400:
+                        await reply.aread()
+                        failures.append(f"{url}: HTTP {reply.status_code} {reply.text:.80}")
+                        continue
+                    return await _first_events(reply, url)
+            except httpx.HTTPError as exc:
+                failures.append(f"{url}: {str(exc) or type(exc).__name__}")
+        raise EtcdError("etcd watch unavailable: " + "; ".join(failures))
 
     async def range(self, key: str, *, prefix: bool = False) -> RangeResult:
         return parse_range(await self.call(range_request(key, prefix=prefix)))

@@ -9,6 +9,8 @@ Every `--ha-loop-wait` seconds:
   on etcd errors keep trying until the deadline, which closes the fence by itself;
 - replica: publish its member key; follow the leader named by the leader key (re-pointing when
   it changes, after the history check); with no leader key, race for it when the rules allow.
+  Between rounds it watches the leader key from the range's revision + 1, and a change (the
+  key deleted, or created by a rival) starts the next round at once.
 
 The server side of a role switch (cancel the follower, open the gate, start the sweeper, and
 back) is behind the `Roles` protocol, implemented by karma.server.roles.
@@ -19,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 import attrs
 import trio
@@ -29,6 +31,11 @@ from karma.ha.etcd import EtcdClient, EtcdError, Lease, RangeResult
 from karma.ha.fence import Fence
 from karma.observability.logs import Logger
 from karma.server.replicas import Replicas
+
+#: a leader whose round failed tries again this soon, while its deadline has not passed
+LEADER_RETRY_S: Final = 0.25
+#: a leader woken for a strict sync set runs its next round after this pause
+STRICT_WAKE_PAUSE_S: Final = 0.05
 
 
 class Roles(Protocol):
@@ -92,6 +99,12 @@ class HaTask:
     leaving: bool = False
     #: when the last keepalive (or grant) that etcd confirmed was sent
     _lease_sent: float = attrs.field(default=-math.inf, init=False)
+    #: the lease given up on stepping down, to revoke once etcd answers
+    _abandoned: int | None = attrs.field(default=None, init=False)
+    #: watch the leader key from this revision (the last range's + 1); 0: the round failed
+    _watch_from: int = attrs.field(default=0, init=False)
+    #: the lease the leader key was last read with
+    _leader_lease: int = attrs.field(default=0, init=False)
 
     @property
     def leading(self) -> bool:
@@ -140,6 +153,7 @@ class HaTask:
         try:
             while True:
                 started = self.clock()
+                next_round = started + self.settings.loop_wait_s
                 try:
                     await self.round()
                 except EtcdError as exc:
@@ -151,14 +165,13 @@ class HaTask:
                     )
                     if self.leading and not self.fence.may_ack():
                         self._step_down("lease deadline passed without etcd")
+                    elif self.leading:
+                        # retry until the deadline (an etcd election takes 0.5-2 s), not a
+                        # whole loop_wait later
+                        next_round = min(next_round, self.clock() + LEADER_RETRY_S)
                 self.rounds += 1
                 # a leader past its deadline must not wait a whole round to notice
-                delay = max(0.0, started + self.settings.loop_wait_s - self.clock())
-                with trio.move_on_after(delay):
-                    if self.leading:  # a replicated write waits for a strict sync set
-                        await self.replicas.strict_requested.wait()
-                    else:
-                        await trio.sleep_forever()
+                await self._sleep(next_round)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await self._resign()
@@ -176,7 +189,13 @@ class HaTask:
         if not term:
             return
         lsn = self.roles.lsn()
-        self._step_down("stopping: handing over")
+        # not _step_down: the lease must keep our leader key until the replicas caught up
+        self.log.info("ha.step_down", reason="stopping: handing over", term=term)
+        self.fence.close()
+        self.term = 0
+        self.following = None
+        self.replicas.unpublished()
+        self.roles.step_down()
         self.replicas.counted = None  # every replica's report counts now
         waiting = max(1, len(self.replicas.polling(self.settings.ttl_s)))
         caught_up = await self.replicas.wait_for(lsn, waiting, timeout_s)
@@ -186,6 +205,30 @@ class HaTask:
                 await self.etcd.delete_if(self.settings.keys.leader, create_revision=term)
             except EtcdError as exc:
                 self.log.warning("ha.resign_failed", error=str(exc))
+
+    async def _sleep(self, until: float) -> None:
+        """Until `until` (this task's clock); a replica wakes up early when the leader key
+        changes: deleted (race now, not up to a loop_wait later) or created (follow now).
+
+        The watch starts at the last range's revision + 1, so a change between the range and
+        the watch is not missed. A watch that fails is not retried before the next round.
+        """
+        with trio.move_on_after(max(0.0, until - self.clock())):
+            if self.leading:  # a replicated write waits for a strict sync set: publish now
+                await self.replicas.strict_requested.wait()
+                await trio.sleep(STRICT_WAKE_PAUSE_S)  # still set if etcd failed: no spin
+                return
+            if self._watch_from:
+                try:
+                    events = await self.etcd.watch(
+                        self.settings.keys.leader, start_revision=self._watch_from
+                    )
+                except EtcdError as exc:
+                    self.log.debug("ha.watch_failed", error=str(exc))
+                else:
+                    self.log.info("ha.leader_changed", events=[e.type for e in events])
+                    return
+            await trio.sleep_forever()
 
     async def _resign(self) -> None:
         """Shutdown: stop acking, delete our leader key (if still ours), revoke the lease."""
@@ -202,8 +245,10 @@ class HaTask:
 
     # --- one round ------------------------------------------------------------------------------
     async def round(self) -> None:
+        self._watch_from = 0
         await self._renew()
         cluster = await self.etcd.range(self.settings.keys.prefix, prefix=True)
+        self._watch_from = cluster.revision + 1
         self._read(cluster)
         if self.leading:
             await self._as_leader()
@@ -211,6 +256,10 @@ class HaTask:
             await self._as_replica()
 
     async def _renew(self) -> None:
+        if self._abandoned is not None:
+            # deletes the leader key it may hold now, rather than ttl after the last keepalive
+            await self.etcd.revoke(self._abandoned)
+            self._abandoned = None
         sent = self.clock()
         if self.lease is not None:
             ttl = await self.etcd.keepalive(self.lease.id)
@@ -242,6 +291,7 @@ class HaTask:
         for kv in cluster.kvs:
             if kv.key == keys.leader:
                 self.leader = rules.decode_leader(kv.value, kv.create_revision)
+                self._leader_lease = kv.lease
             elif kv.key == keys.status:
                 status = rules.decode_status(kv.value)
                 if status is not None:
@@ -326,7 +376,15 @@ class HaTask:
         leader = self.leader
         if leader is not None:
             if leader.node == self.settings.node:
-                # our own key from before a restart: its lease is not ours; wait it out
+                if (
+                    self.lease is not None
+                    and self._leader_lease == self.lease.id
+                    and not self.leaving  # handing over: the key goes once replicas caught up
+                ):
+                    # a create of ours whose answer was lost (timed out): the key would live
+                    # as long as we renew the lease, never led; give the lease up
+                    self._step_down("our leader key, from a create whose answer was lost")
+                # else our own key from before a restart: its lease is not ours; wait it out
                 return
             if self.following is None or self.following.term != leader.term:
                 cut = rules.diverged_after(self.roles.entry_term(), self.roles.lsn(), self.history)
@@ -447,4 +505,10 @@ class HaTask:
         self.term = 0
         self.following = None
         self.replicas.unpublished()
+        if self.lease is not None:
+            # give the lease up: it may still hold our leader key (the deadline passed while
+            # etcd was unreachable, and etcd kept the lease), and a replica renewing it would
+            # keep that key, and the group read-only, for ever
+            self._abandoned = self.lease.id
+            self.lease = None
         self.roles.step_down()

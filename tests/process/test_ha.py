@@ -13,16 +13,24 @@ from pathlib import Path
 import pytest
 
 from tests.process.etcd import ETCD, Etcd
+from tests.process.ha_group import (
+    B1,
+    LOOP_WAIT,
+    TTL,
+    call,
+    increment,
+    leader_of,
+    node,
+    start_group,
+    total,
+    wait_for,
+)
 from tests.process.proc import Client, Proc
 
 pytestmark = [
     pytest.mark.process,
     pytest.mark.skipif(ETCD is None, reason="no etcd binary (Debian: apt-get install etcd-server)"),
 ]
-
-TTL = 3
-LOOP_WAIT = 1.0
-B1 = 20260501
 
 
 @pytest.fixture
@@ -34,66 +42,6 @@ def etcd(tmp_path: Path) -> Iterator[Etcd]:
         member.stop()
 
 
-def node(tmp_path: Path, etcd: Etcd, name: str, *flags: str) -> Proc:
-    return Proc(
-        tmp_path / name,
-        f"--ha-etcd={etcd.url}",
-        "--ha-cluster=t",
-        f"--ha-node={name}",
-        f"--ha-ttl={TTL}",
-        f"--ha-loop-wait={LOOP_WAIT}",
-        "--replication-poll-interval-ms=100",
-        "--wal-fsync=false",
-        *flags,
-    )
-
-
-def call(proc: Proc, op: str, **fields: object) -> dict[str, object]:
-    client = Client(proc.port)
-    try:
-        return client.call(op, **fields)
-    finally:
-        client.close()
-
-
-def increment(proc: Proc, key: int = 1) -> dict[str, object]:
-    return call(proc, "counter.increment", series="s", key=key, value=1, bucket=B1)
-
-
-def leader_of(procs: list[Proc], timeout: float) -> Proc:
-    """The node that takes a write first, within `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for proc in procs:
-            try:
-                if increment(proc, key=999)["success"]:
-                    return proc
-            except OSError:
-                continue
-        time.sleep(0.05)
-    raise AssertionError(f"no node took a write within {timeout} s")
-
-
-def total(proc: Proc, key: int = 1) -> int:
-    answer = call(proc, "counter.sum", series="s", key=key, from_day=B1, to_day=B1)
-    if answer.get("error_code") == "not_found":
-        return 0  # nothing replicated yet
-    assert answer["success"], answer
-    value = answer["response"]
-    assert isinstance(value, int)
-    return value
-
-
-def wait_for(predicate: object, timeout: float) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 @pytest.fixture
 def three(tmp_path: Path, etcd: Etcd) -> Iterator[list[Proc]]:
     procs = [node(tmp_path, etcd, f"n{i}") for i in range(3)]
@@ -102,12 +50,6 @@ def three(tmp_path: Path, etcd: Etcd) -> Iterator[list[Proc]]:
     finally:
         for proc in procs:
             proc.close()
-
-
-def start_group(procs: list[Proc]) -> Proc:
-    for proc in procs:
-        proc.start()
-    return leader_of(procs, TTL + LOOP_WAIT + 5)
 
 
 def test_a_replica_takes_writes_within_ttl_plus_loop_wait_after_the_master_is_killed(

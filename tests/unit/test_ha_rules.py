@@ -68,6 +68,28 @@ def test_a_keepalive_without_ttl_means_the_lease_is_gone() -> None:
     assert etcd.parse_keepalive({"result": {"header": {}, "ID": "1"}}) is None
 
 
+def test_a_watch_starts_at_a_revision_and_reads_puts_and_deletes() -> None:
+    call = etcd.watch_request("/k", start_revision=7)
+    assert call.body == {"create_request": {"key": "L2s=", "start_revision": "7"}}
+    assert etcd.parse_watch({"result": {"header": {"revision": "6"}, "created": True}}) == ()
+    events = etcd.parse_watch(
+        {
+            "result": {
+                "events": [
+                    {"kv": {"key": "L2s=", "create_revision": "8", "value": "eA=="}},
+                    {"type": "DELETE", "kv": {"key": "L2s=", "mod_revision": "9"}},
+                ]
+            }
+        }
+    )
+    assert [(e.type, e.kv.key, e.kv.value) for e in events] == [
+        ("PUT", "/k", b"x"),
+        ("DELETE", "/k", b""),
+    ]
+    with pytest.raises(etcd.EtcdError, match="compacted 5"):
+        etcd.parse_watch({"result": {"canceled": True, "compact_revision": "5"}})
+
+
 def test_an_error_answer_raises_with_its_grpc_code() -> None:
     with pytest.raises(etcd.EtcdError) as caught:
         etcd.parse_range({"error": "lease not found", "message": "lease not found", "code": 5})
