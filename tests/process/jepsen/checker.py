@@ -273,16 +273,18 @@ def check_histories(
 def failover_times(
     found: Sequence[Ack], events: Sequence[NemesisEvent]
 ) -> list[tuple[str, float | None]]:
-    """From each master fault to the first ack of a newer term (None: no newer term acked)."""
+    """From each master fault to the first ack of a newer term (None: no newer term acked);
+    other faults are listed only when a newer term acked before the next fault began."""
     by_done = sorted(found, key=lambda a: a.attempt.done)
     times: list[tuple[str, float | None]] = []
-    for event in events:
-        if event.kind not in MASTER_FAULTS:
-            continue
-        before = [a.term for a in by_done if a.attempt.done <= event.start]
-        term = max(before, default=0)
+    for i, event in enumerate(events):
+        until = events[i + 1].start if i + 1 < len(events) else float("inf")
+        term = max((a.term for a in by_done if a.attempt.done <= event.start), default=0)
         after = next((a for a in by_done if a.attempt.done > event.start and a.term > term), None)
-        times.append((event.kind, None if after is None else after.attempt.done - event.start))
+        seconds = None if after is None else after.attempt.done - event.start
+        caused = after is not None and after.attempt.done < until
+        if event.kind in MASTER_FAULTS or caused:
+            times.append((event.kind, seconds))
     return times
 
 

@@ -13,24 +13,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from tests.process.etcd import Etcd
-
-try:  # TEMPORARY until issue16-etcd3 lands
-    from tests.process.etcd import EtcdCluster  # type: ignore[attr-defined]
-except ImportError:
-
-    class EtcdCluster:  # type: ignore[no-redef]
-        def __init__(self, directory: Path, size: int) -> None:
-            self.members = [Etcd(directory)]
-            self.url = self.members[0].url
-
-        def start(self) -> None:
-            self.members[0].start()
-
-        def stop(self) -> None:
-            self.members[0].stop()
-
-
+from tests.process.etcd import Etcd, EtcdCluster
 from tests.process.jepsen.checker import LogEvent, parse_log
 from tests.process.proc import Proc
 
@@ -135,6 +118,30 @@ class Group:
             if answer is not None and answer["success"] and answer["response"]["role"] == "master":
                 return name
         return None
+
+    def roles(self) -> dict[str, str]:
+        """What each node says of itself and its leader (for a stuck run's message)."""
+        said = {}
+        for name in self.nodes:
+            if name in self.dead or name in self.paused:
+                said[name] = "dead" if name in self.dead else "paused"
+                continue
+            answer = self.call(name, "cluster.topology", timeout=1.0)
+            if answer is None or not answer["success"]:
+                said[name] = f"no answer ({answer})"
+                continue
+            t = answer["response"]
+            leader = t["leader"]["node"] if t.get("leader") else None
+            said[name] = f"{t['role']}, term {t['term']}, leader {leader}"
+        return said
+
+    def tails(self, lines: int = 12) -> str:
+        """The last info-or-worse log lines of each node (a failed run's story)."""
+        out = []
+        for name, proc in self.nodes.items():
+            kept = [x for x in proc.stderr().splitlines() if '"level":"debug"' not in x]
+            out += [f"--- {name}", *kept[-lines:]]
+        return "\n".join(out)
 
     def sums(self, name: str, keys: list[int]) -> dict[int, int] | None:
         found = {}

@@ -81,7 +81,12 @@ class Nemesis:
             if self.history.last_ack > since and self.group.master() is not None:
                 return
             time.sleep(0.1)
-        raise StuckError(f"no write acknowledged within {HEAL_TIMEOUT_S} s after the last fault")
+        last = self.events[-1] if self.events else None
+        raise StuckError(
+            f"no write acknowledged within {HEAL_TIMEOUT_S} s after"
+            f" {'the start' if last is None else f'{last.kind} {last.target}'}"
+            f" (at {self.elapsed():.1f}s); nodes say: {self.group.roles()}"
+        )
 
     def master(self) -> str:
         deadline = time.monotonic() + HEAL_TIMEOUT_S
@@ -90,7 +95,7 @@ class Nemesis:
             if name is not None:
                 return name
             time.sleep(0.1)
-        raise StuckError("no master")
+        raise StuckError(f"no master within {HEAL_TIMEOUT_S} s; nodes say: {self.group.roles()}")
 
     # --- the faults ---------------------------------------------------------------------------
     def kill_master(self) -> NemesisEvent:

@@ -150,6 +150,9 @@ def test_no_acknowledged_write_is_lost_or_doubled_and_one_node_acks_per_term(
         assert len(nemesis.events) >= MIN_EVENTS
         assert report.ops["ok"] > 0
         assert not report.violations, f"KARMA_JEPSEN_SEED={run_seed}: {report.violations}"
+    except Exception:
+        print(f"KARMA_JEPSEN_SEED={run_seed} failed; the nodes' last lines:\n{group.tails()}")
+        raise
     finally:
         abort.set()
         history.dump(tmp_path / "history.jsonl")
