@@ -257,3 +257,27 @@ def test_a_replicated_write_survives_a_failover_while_the_replica_holding_it_is_
             if proc.process is not None and proc.process.poll() is None:
                 proc.signal(signal.SIGCONT)
             proc.close()
+
+
+def test_the_master_of_a_strict_term_back_at_once_does_not_block_the_failover(
+    tmp_path: Path, etcd: Etcd
+) -> None:
+    # found by tests/process/jepsen (replicated:1): back before its lease expired, level with
+    # the replicas and of a higher priority, the old master ranked first while refusing to
+    # race (not in its own sync set), and the group stayed read-only for good
+    a = node(tmp_path, etcd, "a", "--ha-priority=9").start()
+    b = node(tmp_path, etcd, "b").start()
+    c = node(tmp_path, etcd, "c").start()
+    procs = [a, b, c]
+    try:
+        assert start_group_wait([a]) is a
+        assert write(a, 1, durability="replicated:1")["success"] is True  # the set is strict
+        wait_for(lambda: total(b, 1) == 1 and total(c, 1) == 1, 10)
+        a.kill()
+        a.start(same_port=True)  # a replica now, at the replicas' LSN, ranked first
+        new = start_group_wait([b, c])
+        assert total(new, 1) == 1
+        assert "not in term" in a.stderr()  # it did refuse, as a non-member of the set
+    finally:
+        for proc in procs:
+            proc.close()
