@@ -87,17 +87,22 @@ class Report:
     #: acks the dying or frozen master sent in its last poll-window before each master fault
     loss_bound: int
     terms: dict[int, list[str]]
-    failovers: list[tuple[str, float | None]]
+    #: per master fault (and any other fault that caused a new term): its kind, then seconds
+    #: from it to the new term's `ha.promoted` and to the first ack of the new term
+    failovers: list[tuple[str, float | None, float | None]]
     deadline_checked: int
     term_source: str
     #: answers that came after the client had timed out: (all, successes)
     late: tuple[int, int] = (0, 0)
+    #: ops sent more than once, and acks that replayed an earlier attempt (`idempotent`)
+    retries: tuple[int, int] = (0, 0)
     violations: list[str] = attrs.field(factory=list)
     notes: list[str] = attrs.field(factory=list)
 
     def table(self) -> str:
         failovers = ", ".join(
-            f"{kind} {'-' if s is None else f'{s:.2f}s'}" for kind, s in self.failovers
+            f"{kind} {_seconds(promoted)}/{_seconds(acked)}"
+            for kind, promoted, acked in self.failovers
         )
         rows = [
             ("seed", str(self.seed)),
@@ -116,13 +121,14 @@ class Report:
                 if self.mode == "async"
                 else str(self.lost),
             ),
-            ("failovers", failovers or "-"),
+            ("failovers (promoted/acked)", failovers or "-"),
             (
                 "terms (acking node)",
                 ", ".join(f"{t}:{'+'.join(ns)}" for t, ns in sorted(self.terms.items())),
             ),
             ("term from", self.term_source),
             ("late answers (acks)", f"{self.late[0]} ({self.late[1]})"),
+            ("retried ops, replayed acks", f"{self.retries[0]}, {self.retries[1]}"),
             ("acks checked vs deadline", str(self.deadline_checked)),
             ("notes", "; ".join(self.notes) or "-"),
             ("violations", "; ".join(self.violations) or "none"),
@@ -139,13 +145,25 @@ class Report:
                 "ops": {k: self.ops[k] for k in ("ok", "fail", "info")},
                 "lost": self.lost,
                 "late_answers": list(self.late),
+                "retried_replayed": list(self.retries),
                 "loss_bound": self.loss_bound,
-                "failover_s": [s for _, s in self.failovers],
+                "failover_s": [
+                    [kind, _round(promoted), _round(acked)]
+                    for kind, promoted, acked in self.failovers
+                ],
                 "terms": {str(t): ns for t, ns in sorted(self.terms.items())},
                 "violations": self.violations,
             },
             sort_keys=True,
         )
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}s"
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def promotions(logs: Iterable[LogEvent]) -> dict[str, list[tuple[float, int]]]:
@@ -271,20 +289,24 @@ def check_histories(
 
 
 def failover_times(
-    found: Sequence[Ack], events: Sequence[NemesisEvent]
-) -> list[tuple[str, float | None]]:
-    """From each master fault to the first ack of a newer term (None: no newer term acked);
-    other faults are listed only when a newer term acked before the next fault began."""
+    found: Sequence[Ack], events: Sequence[NemesisEvent], logs: Sequence[LogEvent]
+) -> list[tuple[str, float | None, float | None]]:
+    """From each master fault to the promotion of a newer term, and to its first ack (None:
+    none before the run ended); other faults are listed only when a newer term acked before
+    the next fault began. The ack time is what clients see: it includes their own detours
+    (a 2 s timeout on a frozen master, a stale `not_leader` hint)."""
     by_done = sorted(found, key=lambda a: a.attempt.done)
-    times: list[tuple[str, float | None]] = []
+    promoted = sorted((at, term) for starts in promotions(logs).values() for at, term in starts)
+    times: list[tuple[str, float | None, float | None]] = []
     for i, event in enumerate(events):
         until = events[i + 1].start if i + 1 < len(events) else float("inf")
         term = max((a.term for a in by_done if a.attempt.done <= event.start), default=0)
         after = next((a for a in by_done if a.attempt.done > event.start and a.term > term), None)
-        seconds = None if after is None else after.attempt.done - event.start
+        acked = None if after is None else after.attempt.done - event.start
+        won = next((at for at, t in promoted if at > event.start and t > term), None)
         caused = after is not None and after.attempt.done < until
         if event.kind in MASTER_FAULTS or caused:
-            times.append((event.kind, seconds))
+            times.append((event.kind, None if won is None else won - event.start, acked))
     return times
 
 
@@ -365,12 +387,16 @@ def check(
         lost=lost,
         loss_bound=bound,
         terms=terms,
-        failovers=failover_times(found, events),
+        failovers=failover_times(found, events, logs),
         deadline_checked=deadline_checked,
         term_source=term_source,
         late=(
             sum(a.late for op in ops for a in op.attempts),
             sum(a.late for op in ops for a in op.acks),
+        ),
+        retries=(
+            sum(len(op.attempts) > 1 for op in ops),
+            sum(a.replayed for op in ops for a in op.acks),
         ),
         violations=violations,
         notes=notes,

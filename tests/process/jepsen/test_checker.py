@@ -53,9 +53,17 @@ def test_a_clean_history_has_no_violation() -> None:
     report = run([op(1, "a", 1), op(2, "a", 2), op(3, "b", 60, term=7)])
     assert report.violations == []
     assert report.terms == {5: ["a"], 7: ["b"]}
-    [(kind, seconds)] = report.failovers
+    [(kind, promoted, acked)] = report.failovers
     assert kind == "kill_master"
-    assert seconds == pytest.approx(10.01)
+    assert promoted is None  # no ha.promoted line in these logs
+    assert acked == pytest.approx(10.01)
+    logs = [
+        renewed("a", 0, 5, 100),
+        renewed("b", 0, 7, 100),
+        LogEvent("b", T0 + 53, "ha.promoted", {"term": 7}),
+    ]
+    [(_, promoted, _)] = run([op(1, "a", 1), op(3, "b", 60, term=7)], logs).failovers
+    assert promoted == pytest.approx(3)
     assert "JEPSEN" in report.line()
     assert "kill_master 1" in report.table()
 
@@ -98,6 +106,7 @@ def test_without_terms_in_answers_the_term_is_the_nodes_last_promotion() -> None
     ]
     report = run([op(1, "a", 1, term=None), op(2, "a", 30, term=None)], logs)
     assert report.terms == {5: ["a"], 9: ["a"]}
+    assert report.failovers == [("kill_master", None, None)]  # term 9 began before the fault
     assert report.term_source == "ha.promoted logs"
     assert report.violations == []
 
