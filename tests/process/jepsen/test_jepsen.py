@@ -8,7 +8,8 @@ mode reports acknowledged writes lost (spec §3 allows a window); `replicated:1`
     KARMA_JEPSEN_SEED=123 KARMA_JEPSEN_SECONDS=60 pytest -s tests/process/jepsen/test_jepsen.py
 
 The seed is printed first (a failure's message repeats it); each run leaves its history
-(`history.jsonl`, one op per line) and the nodes' logs in pytest's tmp_path.
+(`history.jsonl`, one op per line) and the nodes' logs in pytest's tmp_path, and the data
+directories too when it failed.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def test_no_acknowledged_write_is_lost_or_doubled_and_one_node_acks_per_term(
     stop = threading.Event()
     abort = threading.Event()
     clients: list[Client] = []
+    passed = False
     try:
         group.start()
         wait_master(group, 30)
@@ -133,6 +135,7 @@ def test_no_acknowledged_write_is_lost_or_doubled_and_one_node_acks_per_term(
         assert len(nemesis.events) >= MIN_EVENTS
         assert report.ops["ok"] > 0
         assert not report.violations, f"KARMA_JEPSEN_SEED={run_seed}: {report.violations}"
+        passed = True
     except BaseException:
         print(f"KARMA_JEPSEN_SEED={run_seed} failed; the nodes' last lines:\n{group.tails()}")
         raise
@@ -141,3 +144,5 @@ def test_no_acknowledged_write_is_lost_or_doubled_and_one_node_acks_per_term(
         history.dump(tmp_path / "history.jsonl")
         print(f"history and node logs: {tmp_path}")
         group.close()
+        if passed:
+            group.discard_data()
