@@ -189,6 +189,7 @@ class HaTask:
         if not term:
             return
         lsn = self.roles.lsn()
+        waiting = max(1, len(self.replicas.polling(self.settings.ttl_s)))
         # not _step_down: the lease must keep our leader key until the replicas caught up
         self.log.info("ha.step_down", reason="stopping: handing over", term=term)
         self.fence.close()
@@ -197,7 +198,6 @@ class HaTask:
         self.replicas.unpublished()
         self.roles.step_down()
         self.replicas.counted = None  # every replica's report counts now
-        waiting = max(1, len(self.replicas.polling(self.settings.ttl_s)))
         caught_up = await self.replicas.wait_for(lsn, waiting, timeout_s)
         self.log.info("ha.hand_over", term=term, lsn=lsn, replicas_caught_up=caught_up)
         with trio.move_on_after(timeout_s):
@@ -387,7 +387,11 @@ class HaTask:
                 # else our own key from before a restart: its lease is not ours; wait it out
                 return
             if self.following is None or self.following.term != leader.term:
-                cut = rules.diverged_after(self.roles.entry_term(), self.roles.lsn(), self.history)
+                # the new leader writes `history` right after its key: read in between, the
+                # key's own start_lsn stands in for the row, so we never adopt a history
+                # without the term we follow
+                history = rules.with_leader(self.history, leader)
+                cut = rules.diverged_after(self.roles.entry_term(), self.roles.lsn(), history)
                 self.log.info(
                     "ha.follow",
                     leader=leader.node,
@@ -395,7 +399,7 @@ class HaTask:
                     term=leader.term,
                     diverged_after=cut,
                 )
-                await self.roles.follow(leader, self.history, diverged_after=cut)
+                await self.roles.follow(leader, history, diverged_after=cut)
                 self.following = leader
             return
         await self._race()

@@ -209,6 +209,13 @@ def refusal_to_promote(
     return None
 
 
+def with_leader(history: Sequence[TermStart], leader: Leader) -> list[TermStart]:
+    """`history`, with the leader's own term appended when it is not there yet."""
+    if last_term(history) >= leader.term:
+        return list(history)
+    return [*history, TermStart(leader.term, leader.start_lsn, leader.node)]
+
+
 def term_of_entry(history: Sequence[TermStart], lsn: int) -> int:
     """The term entry `lsn` was written in, by `history` (0: before any term)."""
     term = 0

@@ -76,8 +76,11 @@ class Replicas:
         self.report_all()
 
     def unpublished(self) -> None:
-        """HA: not the leader (any more): no report counts until a set is published."""
+        """HA: not the leader (any more), or leading anew: no report counts until a set is
+        published, and reports from before (another term's) are forgotten."""
         self.counted = frozenset()
+        self.lsns.clear()
+        self.polled.clear()
         self.strict = self.strict_wanted = False
         self._strict_published = trio.Event()
         self.strict_requested = trio.Event()

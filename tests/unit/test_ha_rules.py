@@ -216,3 +216,11 @@ def test_a_node_outside_a_strict_sync_set_is_no_rival_however_far_ahead() -> Non
     assert rules.deciding_sync(rules.SyncSet(term=4, nodes=["b"]), 4) is None
     assert rules.deciding_sync(strict, latest_term=5) is None
     assert rules.rivals([a, b], None) == [a, b]
+
+
+def test_a_leader_whose_history_row_is_not_written_yet_stands_in_for_it() -> None:
+    old = [rules.TermStart(3, 0, "a")]
+    leader = rules.Leader("b", "h:1", 100, 7)
+    assert rules.with_leader(old, leader) == [*old, rules.TermStart(7, 100, "b")]
+    written = [*old, rules.TermStart(7, 100, "b")]
+    assert rules.with_leader(written, leader) == written
