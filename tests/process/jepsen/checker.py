@@ -26,7 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import attrs
 
@@ -118,7 +118,7 @@ class Report:
             (
                 "lost acked writes",
                 f"{self.lost} (async bound estimate {self.loss_bound})"
-                if self.mode == "async"
+                if self.mode != "replicated:1"
                 else str(self.lost),
             ),
             ("failovers (promoted/acked)", failovers or "-"),
@@ -335,7 +335,13 @@ def check(
     replicas: Mapping[str, Mapping[int, int]],
     histories: Mapping[str, Sequence[Sequence[object]]] | None,
     poll_window_s: float,
+    replicated_keys: Collection[int] | None = None,
 ) -> Report:
+    """Judge a run. Keys in `replicated_keys` were written with `durability:"replicated:N"`
+    (any acknowledged write missing fails); the others asynchronously (a shortfall is
+    reported against the bound). None: every key is of `mode`."""
+    if replicated_keys is None:
+        replicated_keys = () if mode == "async" else frozenset(final) | {op.key for op in ops}
     found, term_source = acks(ops, logs)
     terms, violations = check_terms(found)
     notes = []
@@ -354,21 +360,25 @@ def check(
     ok: Counter[int] = Counter(op.key for op in ops if op.type == "ok")
     info: Counter[int] = Counter(op.key for op in ops if op.type == "info")
     keys = {}
-    lost = 0
+    lost = lost_replicated = 0
     for key in sorted(set(ok) | set(info) | set(final)):
         value = final.get(key, 0)
         keys[key] = (ok[key], info[key], value)
         if value > ok[key] + info[key]:
             violations.append(f"key {key}: final {value} > Σok {ok[key]} + Σinfo {info[key]}")
-        lost += max(0, ok[key] - value)
-    if lost and mode != "async":
-        violations.append(f"{lost} acknowledged {mode} writes lost")
+        if key in replicated_keys:
+            lost_replicated += max(0, ok[key] - value)
+        else:
+            lost += max(0, ok[key] - value)
+    if lost_replicated:
+        violations.append(f"{lost_replicated} acknowledged replicated writes lost")
     bound = loss_bound(found, events, poll_window_s)
-    if lost and mode == "async":
+    if lost:
         notes.append(
             f"{lost} acked async writes lost "
             f"({'within' if lost <= bound else 'ABOVE'} the bound estimate {bound})"
         )
+    lost += lost_replicated
     conflicts = sum(
         a.code == "idempotency_conflict" for op in ops for a in op.attempts if a.outcome == "error"
     )

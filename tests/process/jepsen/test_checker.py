@@ -34,6 +34,7 @@ def run(
     mode: str = "async",
     replicas: dict[str, dict[int, int]] | None = None,
     histories: dict[str, list[list[object]]] | None = None,
+    replicated_keys: set[int] | None = None,
 ) -> Report:
     logs = list(logs) or [renewed("a", 0, 5, 100), renewed("b", 0, 7, 100)]
     return check(
@@ -46,6 +47,7 @@ def run(
         replicas=replicas or {},
         histories=histories or {"a": HISTORY, "b": HISTORY},
         poll_window_s=0.5,
+        replicated_keys=replicated_keys,
     )
 
 
@@ -123,8 +125,13 @@ def test_more_than_ok_plus_info_fails_and_a_shortfall_fails_only_in_sync_mode() 
     assert (lossy.lost, lossy.violations) == (1, [])
     assert "1 acked async writes lost" in lossy.notes[0]
     assert run(history, final={1: 1}, mode="replicated:1").violations == [
-        "1 acknowledged replicated:1 writes lost"
+        "1 acknowledged replicated writes lost"
     ]
+    # both modes in one run: only the replicated keys' shortfall fails
+    both = [*history, op(3, "a", 2, key=2), op(4, "a", 2, key=2)]
+    mixed = run(both, final={1: 1, 2: 1}, mode="mixed", replicated_keys={2})
+    assert mixed.violations == ["1 acknowledged replicated writes lost"]
+    assert "1 acked async writes lost" in mixed.notes[0]
 
 
 def test_an_op_is_ok_if_any_attempt_was_and_fail_only_if_none_can_have_been_applied() -> None:
