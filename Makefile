@@ -26,8 +26,9 @@ lint: install
 typecheck: install
 	$(BIN)/mypy --strict karma
 
+## Two workers, a test file each at a time (its fixtures and servers stay in one process).
 unit: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 ## ruff, mypy --strict, then the whole pytest suite.
 test: lint typecheck unit
