@@ -11,25 +11,25 @@ import signal
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.process.etcd import ETCD, Etcd
-from tests.process.proc import Client, Proc, free_port
-from tests.process.test_ha import (
+from tests.process.ha_group import (
     B1,
     LOOP_WAIT,
     TTL,
     call,
-    etcd,
     leader_of,
     node,
     start_group,
-    three,
     total,
     wait_for,
 )
+from tests.process.proc import Client, Proc, free_port
+from tests.process.test_ha import etcd, three
 
 pytestmark = [
     pytest.mark.process,
@@ -134,8 +134,9 @@ def test_the_term_history_is_kept_in_karma_history_and_checked_on_polls(
     assert write(master, 1)["success"]
     lsn = int(write(master, 1, term=0)["lsn"])  # type: ignore[call-overload]
     for proc in three:
-        wait_for(lambda p=proc: (p.directory / "karma.history").exists(), 10)
-        rows = json.loads((proc.directory / "karma.history").read_text())
+        history_file = proc.directory / "karma.history"
+        wait_for(history_file.exists, 10)
+        rows = json.loads(history_file.read_text())
         assert rows[-1][0] == term
         assert rows[-1][2] == master.directory.name
     start = json.loads((master.directory / "karma.history").read_text())[-1][1]
@@ -159,6 +160,27 @@ def test_the_term_history_is_kept_in_karma_history_and_checked_on_polls(
     assert "ha.newer_term_seen" in master.stderr()
     assert write(master, 1)["success"] is True
     assert all(topology_term(p) == term for p in replicas)
+
+
+def release(procs: list[Proc]) -> None:
+    """Stop every node, resuming any a test left stopped (SIGSTOP)."""
+    for proc in procs:
+        if proc.process is not None and proc.process.poll() is None:
+            proc.signal(signal.SIGCONT)
+        proc.close()
+
+
+@pytest.fixture
+def abc(tmp_path: Path, etcd: Etcd) -> Iterator[list[Proc]]:
+    """Nodes a (priority 9: the first master), b and c, started."""
+    procs = [node(tmp_path, etcd, "a", "--ha-priority=9")]
+    procs += [node(tmp_path, etcd, name) for name in "bc"]
+    try:
+        for proc in procs:
+            proc.start()
+        yield procs
+    finally:
+        release(procs)
 
 
 def start_group_wait(procs: list[Proc]) -> Proc:
@@ -201,10 +223,7 @@ def test_primary_is_200_only_on_the_master_before_its_deadline(tmp_path: Path, e
         assert primary(mport) == 503  # awake, fenced: never primary again on its own
         wait_for(lambda: primary(mport) == 503 and primary(oport) == 200, 10)
     finally:
-        for proc in procs:
-            if proc.process is not None and proc.process.poll() is None:
-                proc.signal(signal.SIGCONT)
-            proc.close()
+        release(procs)
 
 
 def test_a_planned_switchover_by_sigterm_loses_no_acknowledged_write(three: list[Proc]) -> None:
@@ -228,56 +247,40 @@ def test_a_planned_switchover_by_sigterm_loses_no_acknowledged_write(three: list
 
 
 def test_a_replicated_write_survives_a_failover_while_the_replica_holding_it_is_paused(
-    tmp_path: Path, etcd: Etcd
+    abc: list[Proc],
 ) -> None:
-    a = node(tmp_path, etcd, "a", "--ha-priority=9").start()
-    b = node(tmp_path, etcd, "b").start()
-    c = node(tmp_path, etcd, "c").start()
-    procs = [a, b, c]
-    try:
-        assert start_group_wait([a]) is a
-        wait_for(lambda: total(b, 999) == 1 and total(c, 999) == 1, 10)
-        assert write(a, 1, durability="replicated:1")["success"] is True  # the set is strict
-        c.signal(signal.SIGSTOP)
-        answer = write(a, 2, durability="replicated:1", idempotency_key="w")
-        assert answer["success"] is True, answer  # on b only
-        b.signal(signal.SIGSTOP)
-        a.kill()
-        c.signal(signal.SIGCONT)
-        # c lacks the write and cannot reach b, a member of the strict sync set: it must
-        # not win, even once b's member key has expired (async mode would promote it)
-        time.sleep(TTL * 2 + LOOP_WAIT * 2)
-        assert write(c, 3)["error_code"] == "not_leader"
-        assert "sync member b" in c.stderr()
-        b.signal(signal.SIGCONT)
-        new = start_group_wait([b, c])
-        assert total(new, 2) == 1  # the acknowledged replicated write was kept
-    finally:
-        for proc in procs:
-            if proc.process is not None and proc.process.poll() is None:
-                proc.signal(signal.SIGCONT)
-            proc.close()
+    a, b, c = abc
+    assert start_group_wait([a]) is a
+    wait_for(lambda: total(b, 999) == 1 and total(c, 999) == 1, 10)
+    assert write(a, 1, durability="replicated:1")["success"] is True  # the set is strict
+    c.signal(signal.SIGSTOP)
+    answer = write(a, 2, durability="replicated:1", idempotency_key="w")
+    assert answer["success"] is True, answer  # on b only
+    b.signal(signal.SIGSTOP)
+    a.kill()
+    c.signal(signal.SIGCONT)
+    # c lacks the write and cannot reach b, a member of the strict sync set: it must
+    # not win, even once b's member key has expired (async mode would promote it)
+    time.sleep(TTL * 2 + LOOP_WAIT * 2)
+    assert write(c, 3)["error_code"] == "not_leader"
+    assert "sync member b" in c.stderr()
+    b.signal(signal.SIGCONT)
+    new = start_group_wait([b, c])
+    assert total(new, 2) == 1  # the acknowledged replicated write was kept
 
 
 def test_the_master_of_a_strict_term_back_at_once_does_not_block_the_failover(
-    tmp_path: Path, etcd: Etcd
+    abc: list[Proc],
 ) -> None:
     # found by tests/process/jepsen (replicated:1): back before its lease expired, level with
     # the replicas and of a higher priority, the old master ranked first while refusing to
     # race (not in its own sync set), and the group stayed read-only for good
-    a = node(tmp_path, etcd, "a", "--ha-priority=9").start()
-    b = node(tmp_path, etcd, "b").start()
-    c = node(tmp_path, etcd, "c").start()
-    procs = [a, b, c]
-    try:
-        assert start_group_wait([a]) is a
-        assert write(a, 1, durability="replicated:1")["success"] is True  # the set is strict
-        wait_for(lambda: total(b, 1) == 1 and total(c, 1) == 1, 10)
-        a.kill()
-        a.start(same_port=True)  # a replica now, at the replicas' LSN, ranked first
-        new = start_group_wait([b, c])
-        assert total(new, 1) == 1
-        assert "not in term" in a.stderr()  # it did refuse, as a non-member of the set
-    finally:
-        for proc in procs:
-            proc.close()
+    a, b, c = abc
+    assert start_group_wait([a]) is a
+    assert write(a, 1, durability="replicated:1")["success"] is True  # the set is strict
+    wait_for(lambda: total(b, 1) == 1 and total(c, 1) == 1, 10)
+    a.kill()
+    a.start(same_port=True)  # a replica now, at the replicas' LSN, ranked first
+    new = start_group_wait([b, c])
+    assert total(new, 1) == 1
+    assert "not in term" in a.stderr()  # it did refuse, as a non-member of the set
