@@ -98,7 +98,7 @@ class Node:
     current_term: Callable[[], int] = lambda: 0
     #: HA: the group's term history (a replica's poll is checked against it)
     history: Callable[[], Sequence[TermStart]] = lambda: ()
-    #: HA: a poll showed a newer term than the one this node leads: step down
+    #: HA: a poll showed a newer term than the one this node leads (refused and logged)
     newer_term_seen: Callable[[int], None] = lambda term: None
     #: the replicas polling this node and the LSN each holds (durability "replicated:N")
     replicas: Replicas = attrs.field(factory=Replicas)
@@ -132,13 +132,7 @@ class Node:
 
     @staticmethod
     def needs_await(request: r.Request) -> bool:
-        cls = type(request)
-        return (
-            cls in _ASYNC_OR_SEQUENTIAL
-            or (request.idempotency_key is not UNSET and cls in _KEYED_CLASSES)
-            or request.term is not UNSET
-            or request.durability is not UNSET
-        )
+        return Node._awaits_by_itself(request) or request.asks_term
 
     @staticmethod
     def _awaits_by_itself(request: r.Request) -> bool:
@@ -642,8 +636,9 @@ class Node:
         }
 
     def _check_poll_term(self, after_lsn: int, after_term: int) -> None:
-        """Fencing on polls (Raft's rules): a newer term deposes us; a tail we never wrote
-        is refused, so the replica moves it aside instead of building on it."""
+        """Fencing on polls (Raft's rules): a poll from a newer term is refused (no sync ack
+        is gathered from it); a tail we never wrote is refused, so the replica moves it aside
+        instead of building on it."""
         fence = self.fence
         if fence is None:
             return

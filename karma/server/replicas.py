@@ -39,18 +39,20 @@ class Replicas:
     #: member holds it)
     acked_lsn: int = 0
 
-    def report(self, node: str, lsn: int, *, polled: bool = True) -> None:
-        if polled:
-            self.polled[node] = self.clock()
+    def report(self, node: str, lsn: int) -> None:
+        self.polled[node] = self.clock()
         self.lsns[node] = lsn
         if self._waiters:
-            still = []
-            for waiter in self._waiters:
-                if self.confirmed(waiter[0]) >= waiter[1]:
-                    waiter[2].set()
-                else:
-                    still.append(waiter)
-            self._waiters = still
+            self._wake_confirmed()
+
+    def _wake_confirmed(self) -> None:
+        still = []
+        for waiter in self._waiters:
+            if self.confirmed(waiter[0]) >= waiter[1]:
+                waiter[2].set()
+            else:
+                still.append(waiter)
+        self._waiters = still
 
     def confirmed(self, lsn: int) -> int:
         """How many replicas that count reported holding `lsn`."""
@@ -73,7 +75,7 @@ class Replicas:
         if strict:
             self._strict_published.set()
             self.strict_requested = trio.Event()
-        self.report_all()
+        self._wake_confirmed()  # the reports already in may count now
 
     def unpublished(self) -> None:
         """HA: not the leader (any more), or leading anew: no report counts until a set is
@@ -95,10 +97,6 @@ class Replicas:
         with trio.move_on_after(timeout_s):
             await event.wait()
         return event.is_set()
-
-    def report_all(self) -> None:
-        for node, lsn in list(self.lsns.items()):
-            self.report(node, lsn, polled=False)
 
     def max_lsn(self) -> int:
         return max(self.lsns.values(), default=0)
