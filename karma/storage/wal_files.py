@@ -16,7 +16,7 @@ from typing import Final
 
 import attrs
 
-from karma.storage import files, wal_codec
+from karma.storage import failpoints, files, wal_codec
 
 ACTIVE: Final = "karma.wal"
 LSN_FILE: Final = "karma.wal.lsn"
@@ -184,6 +184,7 @@ class ActiveWal:
             written = os.write(self._handle, data)
             while written < len(data):
                 written += os.write(self._handle, data[written:])
+            failpoints.hit("wal.write")  # tests: a slow or failing disk (KARMA_FAILPOINTS)
             if self.fsync:
                 os.fdatasync(self._handle)  # data and size; mtime need not be durable
         except OSError:
