@@ -24,7 +24,7 @@ from karma.config import Config
 from karma.errors import ErrorCode, KarmaError
 from karma.protocol import envelope
 from karma.protocol.framing import LineBuffer
-from karma.server.node import Node, Waiting
+from karma.server.node import Acknowledgement, Node, Waiting
 
 RECEIVE_BYTES = 65536
 
@@ -209,9 +209,10 @@ async def answer_all(
     answers of one read (a 64 KiB read can ask for a thousand 1 MB answers) are never all in
     memory at once. The answers not sent yet are returned.
     """
-    answers: list[bytes | Waiting] = []
+    answers: list[bytes | Waiting | Acknowledgement] = []
     built = 0  # bytes in `answers` (queued writes' answers are small and not counted)
     last_write: Waiting | None = None
+    fenced = node.fence is not None  # HA: write answers are checked again as they leave
     for line in lines:
         request = node.decode(line)
         answer: bytes | Waiting
@@ -235,8 +236,11 @@ async def answer_all(
                 last_write = answer
                 answers.append(answer)
                 continue
-        answers.append(answer)
         built += len(answer)
+        if fenced and not isinstance(request, bytes) and node.acknowledges(request):
+            answers.append(Acknowledgement(node, answer))
+        else:
+            answers.append(answer)
         if send is not None and built > limit:
             if last_write is not None:
                 _unbound(deadline)
@@ -250,9 +254,10 @@ async def answer_all(
     return _resolved(answers)
 
 
-def _resolved(answers: list[bytes | Waiting]) -> list[bytes]:
-    """Every Waiting among `answers` must be done (the last queued write is)."""
-    return [a.answer() if isinstance(a, Waiting) else a for a in answers]
+def _resolved(answers: list[bytes | Waiting | Acknowledgement]) -> list[bytes]:
+    """The answers as they leave now. Every Waiting among them must be done (the last queued
+    write is); a write's answer is checked against the HA fence here, right before the send."""
+    return [a if isinstance(a, bytes) else a.answer() for a in answers]
 
 
 def _unbound(scope: trio.CancelScope | None) -> None:

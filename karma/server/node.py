@@ -64,10 +64,29 @@ class Waiting:
         self.node.record(self.started, failed=failed, request=self.request, code=code)
         if pending.error is not None:
             return envelope.encode_error(pending.error)
-        fence = self.node.fence
-        if fence is not None and not fence.may_ack():  # the last check before the bytes go out
-            return envelope.encode_error(fence.refusal())
-        return envelope.encode_ok_checked(pending.response, self.node.config.max_response_bytes)
+        data = envelope.encode_ok_checked(pending.response, self.node.config.max_response_bytes)
+        return self.node.acknowledge(data)
+
+
+@attrs.define(eq=False)
+class Acknowledgement:
+    """A write's answer, built: on an HA node it is checked against the fence once more when
+    the connection sends it (answers of one read leave together, after the slowest of them)."""
+
+    node: Node
+    data: bytes
+
+    def answer(self) -> bytes:
+        return self.node.acknowledge(self.data)
+
+
+@attrs.frozen
+class LongPoll:
+    """A poll's answer and how long it waited for entries as the replica asked (`wait_ms`):
+    that wait is not counted against --slow-request-ms."""
+
+    answer: object
+    waited_s: float
 
 
 @attrs.define(eq=False)
@@ -201,8 +220,6 @@ class Node:
                 )
                 self._failed(optable.TAG_BY_CLASS[cls], error.code)
                 return envelope.encode_error(error)
-            if self.fence is not None and not self.fence.may_ack():
-                return envelope.encode_error(self.fence.refusal())
             self.replicas.acknowledged(lsn)
         return envelope.with_term(data, self.current_term(), lsn if write else None)
 
@@ -225,6 +242,9 @@ class Node:
                     self._log_stream(request, response)
             else:
                 response = await _ASYNC_BY_CLASS[cls](self, request)
+                if isinstance(response, LongPoll):  # waiting as asked is not being slow
+                    started += response.waited_s
+                    response = response.answer
         except KarmaError as exc:
             return self._refuse(exc, started, request)
         except Exception as exc:  # noqa: BLE001 - a bug: logged below, answered, server keeps serving
@@ -235,6 +255,20 @@ class Node:
     def handle_line(self, line: bytes) -> bytes | Waiting:
         request = self.decode(line)
         return request if isinstance(request, bytes) else self.handle(request)
+
+    def acknowledges(self, request: r.Request) -> bool:
+        """Does a success answer to `request` acknowledge a write (fenced on an HA node)?"""
+        return optable.SPEC_BY_CLASS[type(request)].access is not Access.READ
+
+    def acknowledge(self, data: bytes) -> bytes:
+        """The fencing rule, in this one place (docs/ha.md): no answer that acknowledges a
+        write leaves this node after its fence closed, be it the write's first answer or the
+        replay of an idempotency record (a copy refused as late left one behind)."""
+        fence = self.fence
+        if fence is None or fence.may_ack() or not envelope.succeeded(data):
+            return data
+        self.log.debug("ha.late_ack_refused", overdue_s=round(-fence.remaining_s(), 3))
+        return envelope.encode_error(fence.refusal())
 
     def _check_fence(self) -> None:
         """HA: refuse a write up front once the lease deadline passed (nothing is written)."""
@@ -325,7 +359,6 @@ class Node:
         await pending.done.wait()
         if pending.error is not None:
             raise pending.error
-        self._check_fence()
         return pending.response
 
     async def _write_and_wait(self, request: r.Request) -> object:
@@ -597,8 +630,11 @@ class Node:
         if replica is not None:
             self.replicas.report(replica, req.after_lsn)
         wait_ms = r.opt(req.wait_ms)
+        waited_s = 0.0
         if wait_ms and self.status.wal_current_lsn <= req.after_lsn:
+            began = time.perf_counter()
             await self.replicas.wait_for_entries(min(wait_ms, r.REPLICATION_MAX_WAIT_MS) / 1000)
+            waited_s = time.perf_counter() - began
         current = self.status.wal_current_lsn
         entries: list[tuple[int, bytes]] = []
         truncated = False
@@ -619,7 +655,7 @@ class Node:
                     f"Requested WAL after_lsn {req.after_lsn} is older than snapshot LSN "
                     f"{available_from - 1}; bootstrap from snapshot",
                 )
-        return {
+        answer = {
             "after_lsn": req.after_lsn,
             "limit": limit,
             "byte_limit": byte_limit,
@@ -634,6 +670,7 @@ class Node:
             **({} if wait_ms is None else {"wait_ms": wait_ms}),
             **({} if after_term is None else {"term": self.current_term()}),
         }
+        return LongPoll(answer, waited_s)
 
     def _check_poll_term(self, after_lsn: int, after_term: int) -> None:
         """Fencing on polls (Raft's rules): a poll from a newer term is refused (no sync ack
