@@ -10,14 +10,23 @@ An exception in the block voids the hold, so nothing is charged for work that di
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 from karma.client import limit_calls
+from karma.client.calls import Call
 from karma.client.limit_calls import LimitAnswer, Settlement
 
-if TYPE_CHECKING:
-    from karma.client.aio import AsyncClient
-    from karma.client.sync import Client
+T = TypeVar("T")
+
+
+# What a reservation needs of its client: `Client` and `AsyncClient` satisfy these, and this
+# module imports neither (they import it, to hand out reservations).
+class Runs(Protocol):
+    def run(self, call: Call[T]) -> T: ...
+
+
+class RunsAsync(Protocol):
+    async def run(self, call: Call[T]) -> T: ...
 
 
 class _Held:
@@ -41,7 +50,7 @@ class _Held:
 
 
 class Reservation(_Held):
-    def __init__(self, answer: LimitAnswer, client: Client) -> None:
+    def __init__(self, answer: LimitAnswer, client: Runs) -> None:
         super().__init__(answer)
         self._client = client
 
@@ -66,7 +75,7 @@ class Reservation(_Held):
 
 
 class AsyncReservation(_Held):
-    def __init__(self, answer: LimitAnswer, client: AsyncClient) -> None:
+    def __init__(self, answer: LimitAnswer, client: RunsAsync) -> None:
         super().__init__(answer)
         self._client = client
 

@@ -40,7 +40,7 @@ class LeaderAddress(msgspec.Struct, frozen=True):
 
 
 class Topology(msgspec.Struct, frozen=True):
-    """The parts of a `cluster.topology` answer the client uses (karma/ha/loop.py)."""
+    """The parts of a `cluster.topology` answer the client uses (karma/server/ha_task.py)."""
 
     role: str = ""
     term: int = 0

@@ -25,9 +25,9 @@ from karma.core.limits import Limits, adds_of
 from karma.core.series import Series
 from karma.core.store import SELF_CHECKING, Store
 from karma.protocol import envelope
-from karma.protocol import limit_requests as lr
 from karma.protocol import requests as r
 from karma.protocol.optable import by_class
+from karma.protocol.requests import limits as lr
 
 
 @attrs.frozen

@@ -18,7 +18,7 @@ from karma.errors import ErrorCode, KarmaError
 from karma.protocol import fields, optable
 from karma.protocol import requests as r
 from karma.protocol.gate import Gate
-from karma.protocol.wire import AnyRequest
+from karma.protocol.requests import AnyRequest
 
 _TYPED: Final[msgspec.json.Decoder[AnyRequest]] = msgspec.json.Decoder(AnyRequest)
 _GENERIC: Final = msgspec.json.Decoder()

@@ -14,9 +14,9 @@ from typing import Final, TypeVar
 
 import attrs
 
-from karma.protocol import limit_requests as lr
 from karma.protocol import requests as r
-from karma.protocol.wire import AnyRequest
+from karma.protocol.requests import AnyRequest
+from karma.protocol.requests import limits as lr
 
 
 class Access(Enum):

@@ -29,7 +29,6 @@ from karma.core.idempotency import IdempotencyTable
 from karma.errors import KarmaError
 from karma.ha.etcd import EtcdClient
 from karma.ha.fence import Fence
-from karma.ha.loop import HaTask, Settings
 from karma.ha.rules import Keys
 from karma.observability import metrics
 from karma.observability.logs import Logger
@@ -37,6 +36,7 @@ from karma.server import limit_ops, systemd
 from karma.server.accept import AcceptFailures, listen, serve_listeners
 from karma.server.connections import Drain, serve_connection
 from karma.server.follower_task import Follower
+from karma.server.ha_task import HaTask, Settings
 from karma.server.metrics_http import Probes, serve_metrics
 from karma.server.node import Node
 from karma.server.roles import ServerRoles

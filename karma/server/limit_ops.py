@@ -23,7 +23,7 @@ from karma.core import windows as w
 from karma.core.limits import Charge, ItemDecision, Settled
 from karma.errors import ErrorCode, KarmaError
 from karma.protocol import envelope
-from karma.protocol import limit_requests as lr
+from karma.protocol.requests import limits as lr
 from karma.protocol.requests import opt
 from karma.storage import files, snapshot_files
 

@@ -1,4 +1,4 @@
-"""The runtime role switch the HA task drives (karma.ha.loop.Roles).
+"""The runtime role switch the HA task drives (karma.server.ha_task.Roles).
 
 - promote: cancel the follower and wait for what it queued, open the gate, start the limit
   expiry sweeper. The HA task opens the fence only after this.

@@ -12,8 +12,8 @@ import trio
 from karma.ha import rules
 from karma.ha.etcd import Call, EtcdClient, EtcdError
 from karma.ha.fence import Fence
-from karma.ha.loop import HaTask, Settings
 from karma.observability.logs import Logger
+from karma.server.ha_task import HaTask, Settings
 from tests.process.etcd import ETCD, Etcd
 
 pytestmark = [

@@ -122,6 +122,13 @@ def test_wal_effect_entries_are_unknown_to_clients(op: str) -> None:
     assert r.op_tag(type(decode(line(op, **VALID[op]), WAL))) == op
 
 
+def test_every_request_class_is_reached_by_its_family_name() -> None:
+    # `r.` gathers the families' `__all__`; the limit.* family is read as `lr.`
+    for cls in optable.ALL_CLASSES:
+        family = r.limits if cls.__module__ == r.limits.__name__ else r
+        assert getattr(family, cls.__name__) is cls
+
+
 def test_aliases_share_the_spec_of_their_op() -> None:
     inc = optable.SPEC_BY_CLASS[optable.CLASS_BY_TAG["series.increment"]]
     assert inc.internal_name == "increment"

@@ -20,7 +20,7 @@ from msgspec import UNSET, UnsetType
 from karma.errors import KarmaError
 from karma.protocol import fields as f
 from karma.protocol.fields import U64
-from karma.protocol.requests import Request, opt
+from karma.protocol.requests.base import Request, opt
 
 #: `items` per request: enough for a plan's limits over a few series, small enough to decide
 #: in one pass without a budget.
