@@ -145,14 +145,6 @@ def set_failpoints(path: Path, faults: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def start_with_failpoints(proc: Proc, path: Path) -> None:
-    os.environ["KARMA_FAILPOINTS"] = str(path)
-    try:
-        proc.start()
-    finally:
-        del os.environ["KARMA_FAILPOINTS"]
-
-
 def deadline_of(proc: Proc) -> float:
     """The last `deadline_unix` the node logged (`ha.renewed`, a debug line)."""
     found = [
@@ -268,7 +260,8 @@ def started(tmp_path: Path, etcd_url: Any, etcd: Etcd, failpoints: Path) -> list
     """a (priority 9, debug logs, failpoints) leads; b and c follow it."""
     a = node(tmp_path, etcd_url, "a", "--ha-priority=9", "--log-level=debug")
     others = [node(tmp_path, etcd, name) for name in "bc"]
-    start_with_failpoints(a, failpoints)
+    a.env["KARMA_FAILPOINTS"] = str(failpoints)
+    a.start()
     assert leader_of([a], TTL + LOOP_WAIT + 5) is a
     for proc in others:
         proc.start()
