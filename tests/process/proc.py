@@ -22,9 +22,17 @@ def free_port() -> int:
 
 
 class Proc:
-    def __init__(self, directory: Path, *flags: str, max_files: int | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *flags: str,
+        max_files: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.directory = directory
         self.flags = list(flags)
+        #: variables added to the server's environment (e.g. KARMA_FAILPOINTS), every start
+        self.env = env or {}
         self.max_files = max_files  # RLIMIT_NOFILE of the server, to run it out of descriptors
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
@@ -52,6 +60,7 @@ class Proc:
             stdout=subprocess.DEVNULL,
             stderr=self._log,
             start_new_session=True,
+            env={**os.environ, **self.env} if self.env else None,
             preexec_fn=self._limit_files if self.max_files else None,
         )
         if wait:

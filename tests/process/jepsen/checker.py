@@ -12,7 +12,12 @@ Checks, for keyed `counter.increment` of 1 (Maelstrom's pn_counter, grow-only):
 - one acking node per term (the term an answer carries, or, where answers carry none, the
   term the acking node last logged `ha.promoted` for);
 - no ack after its node's deadline: an ack by node N in term T was sent (client clock) before
-  the latest `deadline_unix` N logged (`ha.renewed`) for T at or before the ack came back;
+  the latest `deadline_unix` N logged (`ha.renewed`) for T at or before the ack came back, and
+  came back no later than ACK_SLACK_S after it (a first answer or an `idempotent` replay alike:
+  a copy that waited for another copy of its key still in flight must not be acked late);
+- overlapping copies (two connections, one key, one node): in the op's first send, one copy
+  answered `not_leader` and the other a `success` replay is a violation whenever it happens
+  (the replay can only have replayed the refused copy's write: it must answer what that got);
 - fencing order: every ack of term T was sent before the first ack of any later term came back
   (the old master's gate closes before the new leader can exist);
 - no idempotency_conflict: a retry sends the same payload under the same key;
@@ -33,7 +38,11 @@ import attrs
 from tests.process.jepsen.history import Attempt, Op
 
 #: nemesis events after which another node must take over (failover times are measured for these)
-MASTER_FAULTS = frozenset({"kill_master", "pause_master"})
+MASTER_FAULTS = frozenset({"kill_master", "pause_master", "slow_disk"})
+#: an ack may come back this long after its node's deadline and still have left before it: the
+#: answer crosses loopback in microseconds, the rest is the client threads' scheduling on a busy
+#: machine (answers are stamped as they arrive, late ones by a watcher thread)
+ACK_SLACK_S = 0.25
 
 
 @attrs.frozen
@@ -96,6 +105,9 @@ class Report:
     late: tuple[int, int] = (0, 0)
     #: ops sent more than once, and acks that replayed an earlier attempt (`idempotent`)
     retries: tuple[int, int] = (0, 0)
+    #: ops sent as two overlapping copies (of which both at once), copies acked, copy acks
+    #: that were replays
+    overlaps: tuple[int, int, int, int] = (0, 0, 0, 0)
     violations: list[str] = attrs.field(factory=list)
     notes: list[str] = attrs.field(factory=list)
 
@@ -129,6 +141,10 @@ class Report:
             ("term from", self.term_source),
             ("late answers (acks)", f"{self.late[0]} ({self.late[1]})"),
             ("retried ops, replayed acks", f"{self.retries[0]}, {self.retries[1]}"),
+            (
+                "overlapping ops (at once), copies acked (replays)",
+                f"{self.overlaps[0]} ({self.overlaps[1]}), {self.overlaps[2]} ({self.overlaps[3]})",
+            ),
             ("acks checked vs deadline", str(self.deadline_checked)),
             ("notes", "; ".join(self.notes) or "-"),
             ("violations", "; ".join(self.violations) or "none"),
@@ -146,6 +162,7 @@ class Report:
                 "lost": self.lost,
                 "late_answers": list(self.late),
                 "retried_replayed": list(self.retries),
+                "overlapping": list(self.overlaps),
                 "loss_bound": self.loss_bound,
                 "failover_s": [
                     [kind, _round(promoted), _round(acked)]
@@ -217,8 +234,11 @@ def check_terms(found: Sequence[Ack]) -> tuple[dict[int, list[str]], list[str]]:
     return {t: sorted(ns) for t, ns in nodes.items()}, violations
 
 
-def check_deadlines(found: Sequence[Ack], logs: Sequence[LogEvent]) -> tuple[int, list[str]]:
-    """Each ack was sent before the deadline its node had logged for its term by then."""
+def check_deadlines(
+    found: Sequence[Ack], logs: Sequence[LogEvent], slack_s: float = ACK_SLACK_S
+) -> tuple[int, list[str]]:
+    """Each ack was sent before the deadline its node had logged for its term by then, and
+    came back no later than `slack_s` after it."""
     renewed = renewals(logs)
     checked = 0
     violations = []
@@ -226,17 +246,44 @@ def check_deadlines(found: Sequence[Ack], logs: Sequence[LogEvent]) -> tuple[int
         a = ack.attempt
         known = [deadline for at, deadline in renewed.get((a.node, ack.term), []) if at <= a.done]
         checked += 1
+        what = f"{a.node} acked {ack.op.idempotency_key}{_copy(ack.op, a)} in term {ack.term}"
         if not known:
-            violations.append(
-                f"{a.node} acked {ack.op.idempotency_key} in term {ack.term} with no"
-                f" deadline logged for that term before {a.done:.3f}"
-            )
+            violations.append(f"{what} with no deadline logged for that term before {a.done:.3f}")
         elif a.sent >= known[-1]:
+            violations.append(f"{what}, sent at {a.sent:.3f}, after its deadline {known[-1]:.3f}")
+        elif a.done > known[-1] + slack_s:
             violations.append(
-                f"{a.node} acked {ack.op.idempotency_key} in term {ack.term}, sent at"
-                f" {a.sent:.3f}, after its deadline {known[-1]:.3f}"
+                f"{what}, sent at {a.sent:.3f}, came back {a.done - known[-1]:.3f} s after its"
+                f" deadline {known[-1]:.3f}"
             )
     return checked, violations
+
+
+def _copy(op: Op, attempt: Attempt) -> str:
+    """How a message names an attempt of an overlapping op (its copy, and a replay)."""
+    if op.overlap is None:
+        return ""
+    return f" (copy {attempt.copy}{', replay' if attempt.replayed else ''})"
+
+
+def check_copies(ops: Sequence[Op]) -> list[str]:
+    """In an overlapping op's first send, a copy refused `not_leader` and the other copy acked
+    as a replay: the replay answered from the refused write's record."""
+    violations = []
+    for op in ops:
+        if op.overlap is None:
+            continue
+        first = [a for a in op.attempts if a.send == 0]
+        refused = [a for a in first if a.outcome == "error" and a.code == "not_leader"]
+        replays = [a for a in first if a.outcome == "ok" and a.replayed]
+        violations += [
+            f"{replay.node} answered copy {other.copy} of {op.idempotency_key} not_leader at"
+            f" {other.done:.3f} and acked copy {replay.copy} as a replay at {replay.done:.3f}"
+            for replay in replays
+            for other in refused
+            if other.node == replay.node and other.copy != replay.copy
+        ]
+    return violations
 
 
 def check_fencing_order(found: Sequence[Ack]) -> list[str]:
@@ -352,6 +399,7 @@ def check(
         deadline_checked = 0
         notes.append("no ha.renewed lines in the nodes' logs: deadline check not run")
     violations += check_fencing_order(found)
+    violations += check_copies(ops)
     if histories is None:
         notes.append("no karma.history files: history check not run")
     else:
@@ -405,8 +453,14 @@ def check(
             sum(a.late for op in ops for a in op.acks),
         ),
         retries=(
-            sum(len(op.attempts) > 1 for op in ops),
+            sum(len({a.send for a in op.attempts}) > 1 for op in ops),
             sum(a.replayed for op in ops for a in op.acks),
+        ),
+        overlaps=(
+            sum(op.overlap is not None for op in ops),
+            sum(op.overlap == 0.0 for op in ops),
+            sum(len(op.acks) for op in ops if op.overlap is not None),
+            sum(a.replayed for op in ops if op.overlap is not None for a in op.acks),
         ),
         violations=violations,
         notes=notes,

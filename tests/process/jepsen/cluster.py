@@ -2,12 +2,15 @@
 
 The nodes run with test_ha.py's flags (ttl 3 s, loop_wait 1 s, polls every 100 ms, no fsync: a
 SIGKILLed process loses nothing the kernel has) plus `--log-level=debug`, so each logs
-`ha.renewed` (term, deadline_unix) on every lease renewal while it leads.
+`ha.renewed` (term, deadline_unix) on every lease renewal while it leads. Each node reads its
+own failpoints file (`KARMA_FAILPOINTS`, karma/storage/failpoints.py): the nemesis slows its
+WAL flushes through it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -54,7 +57,9 @@ class Group:
                 # replica answers replication_timeout instead of leaving the client guessing
                 f"--replicated-timeout-ms={REPLICATED_TIMEOUT_MS}",
                 "--log-level=debug",
+                env={"KARMA_FAILPOINTS": str(self.failpoints_path(name))},
             )
+            self.failpoints(name, {})
         for proc in self.nodes.values():
             proc.start()
 
@@ -97,6 +102,17 @@ class Group:
     def resume(self, name: str) -> None:
         self.nodes[name].signal(signal.SIGCONT)
         self.paused.discard(name)
+
+    def failpoints_path(self, name: str) -> Path:
+        return self.root / f"{name}-failpoints.json"
+
+    def failpoints(self, name: str, faults: dict[str, Any]) -> None:
+        """Replace node `name`'s failpoints (atomically: it re-reads the file when its mtime or
+        size changes); `{}` turns them off."""
+        path = self.failpoints_path(name)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(faults))
+        os.replace(tmp, path)
 
     def etcd_members(self) -> list[Etcd]:
         return list(self.etcd.members)

@@ -2,7 +2,10 @@
 
 An op is *invoked* once (a fresh idempotency key) and may be sent several times with that same
 key, to the same or other nodes, until one attempt succeeds: a keyed write counts once whichever
-attempts reached a node, so the op is `ok` as soon as any attempt is acknowledged. Otherwise it
+attempts reached a node, so the op is `ok` as soon as any attempt is acknowledged. Some ops are
+*overlapping*: each send goes out as two copies (same key, same body) on two connections to one
+node, the second at once or a little later; each copy's answer is one attempt (`copy` 0 or 1,
+the same `send`), and the op still counts once. Otherwise it
 ends `info` (an attempt may have been applied: a timeout, a broken connection, or an error the
 server can answer after writing) or `fail` (no attempt can have been applied).
 
@@ -53,6 +56,10 @@ class Attempt:
     hint: str | None = None
     #: the answer came after the client had timed out (and retried elsewhere)
     late: bool = False
+    #: which send of the op this attempt belongs to (0: the first), and which copy of it
+    #: (1: the overlapping second copy, on another connection to the same node)
+    send: int = 0
+    copy: int = 0
 
     def maybe_applied(self) -> bool:
         if self.outcome in ("ok", "timeout", "broken"):
@@ -70,6 +77,9 @@ class Op:
     #: "invoke" while running, then "ok", "fail" or "info"
     type: str = "invoke"
     completed: float | None = None
+    #: an overlapping op: the second copy of each send goes this many seconds after the first
+    #: (0.0: at once); None: one copy per send
+    overlap: float | None = None
 
     @property
     def acks(self) -> list[Attempt]:

@@ -2,7 +2,11 @@
 
 Kinds (spec/ha.md §4): SIGKILL the master and restart it later on the same port; SIGSTOP the
 master past the ttl, then SIGCONT (it must not ack, and must rejoin); SIGSTOP a replica briefly;
-SIGKILL an etcd member (the etcd leader half the time) and restart it. The first events go
+SIGKILL an etcd member (the etcd leader half the time) and restart it; slow the master's disk
+(its WAL flushes take 0.2 s for 0.5-1 s, so requests queue up and are read together, then one
+flush takes ttl + 0.5-2 s: with --wal-fsync=false the flush holds the event loop, so the lease
+is not renewed and the master's deadline passes while the batch, and any other copy of its
+keys waiting on it, is in flight). The first events go
 through every kind once, in a seeded order; the rest are drawn with weights. Every fault is
 undone before the next one starts, and the next starts only after a client write was
 acknowledged (some node takes writes again) and a master is visible.
@@ -21,8 +25,8 @@ from tests.process.jepsen.checker import NemesisEvent
 from tests.process.jepsen.cluster import TTL, Group
 from tests.process.jepsen.history import History
 
-KINDS = ("kill_master", "pause_master", "pause_replica", "kill_etcd")
-WEIGHTS = (3, 3, 2, 2)
+KINDS = ("kill_master", "pause_master", "pause_replica", "kill_etcd", "slow_disk")
+WEIGHTS = (3, 3, 2, 2, 3)
 #: no write acknowledged this long after a fault was undone: the group is stuck
 HEAL_TIMEOUT_S = 45.0
 
@@ -133,3 +137,14 @@ class Nemesis:
         time.sleep(self.rng.uniform(1.0, 4.0))
         member.restart()
         return NemesisEvent("kill_etcd", target, start, time.time())
+
+    def slow_disk(self) -> NemesisEvent:
+        name = self.master()
+        start = time.time()
+        self.group.failpoints(name, {"wal.write": {"delay_ms": 200}})
+        time.sleep(self.rng.uniform(0.5, 1.0))
+        stall_s = self.rng.uniform(TTL + 0.5, TTL + 2.0)
+        self.group.failpoints(name, {"wal.write": {"delay_ms": round(stall_s * 1000)}})
+        time.sleep(stall_s + 1.0)  # the stalled flush began within 0.2 s, and is over
+        self.group.failpoints(name, {})
+        return NemesisEvent("slow_disk", name, start, time.time())

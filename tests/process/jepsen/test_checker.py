@@ -184,3 +184,81 @@ def test_histories_must_be_identical_and_name_the_node_that_acked_each_term() ->
     assert run([op(3, "a", 1, term=6)], [renewed("a", 0, 6, 100)]).violations == [
         "term 6 (acked by a) is not in the history"
     ]
+
+
+def pair(
+    n: int,
+    sent: float,
+    answers: Sequence[tuple[str, str | None, bool, float]],
+    *,
+    node: str = "a",
+    overlap: float = 0.0,
+) -> Op:
+    """An overlapping op: copy i answered `answers[i]` = (outcome, code, replayed, back at)."""
+    done = Op(client=0, key=1, idempotency_key=f"k{n}", invoked=T0 + sent, overlap=overlap)
+    for copy, (outcome, code, replayed, back) in enumerate(answers):
+        ok = outcome == "ok"
+        done.attempts.append(
+            Attempt(
+                node,
+                T0 + sent + copy * overlap,
+                T0 + back,
+                outcome,
+                code=code,
+                term=5 if ok else None,
+                lsn=100 + n if ok else None,
+                replayed=replayed,
+                copy=copy,
+            )
+        )
+    done.finish(T0 + max(back for *_, back in answers))
+    return done
+
+
+def test_a_replay_of_a_copy_that_waited_past_the_deadline_is_a_violation() -> None:
+    # issue 22: both copies reached a before its deadline (10); the first was refused as late
+    # after its slow flush, the second was answered from the first one's record at 12.1
+    late = pair(1, 9.7, [("error", "not_leader", False, 12.1), ("ok", None, True, 12.1)])
+    report = run([late], [renewed("a", 0, 5, 10)], final={1: 0})
+    assert report.violations == [
+        "a acked k1 (copy 1, replay) in term 5, sent at 1800000009.700, came back 2.100 s"
+        " after its deadline 1800000010.000",
+        "a answered copy 0 of k1 not_leader at 1800000012.100 and acked copy 1 as a replay"
+        " at 1800000012.100",
+    ]
+    assert report.overlaps == (1, 1, 1, 1)
+    assert report.ops["ok"] == 1  # counted once: Σok 1, so final 0 is a loss (async: a note)
+    assert report.lost == 1
+
+
+def test_a_refused_copy_with_a_replay_is_caught_even_within_the_slack() -> None:
+    # the ~1 ms race: back just after the deadline, within what a client's clock may lag
+    race = pair(2, 9.9, [("error", "not_leader", False, 10.001), ("ok", None, True, 10.001)])
+    report = run([race], [renewed("a", 0, 5, 10)])
+    assert len(report.violations) == 1
+    assert "acked copy 1 as a replay" in report.violations[0]
+
+
+def test_overlapping_copies_answered_alike_or_in_time_are_clean_and_count_once() -> None:
+    both = pair(3, 1, [("ok", None, False, 1.01), ("ok", None, True, 1.01)])
+    # the second copy was read after the deadline and refused up front; the first was acked
+    split = pair(4, 9.9, [("ok", None, False, 9.91), ("error", "not_leader", False, 10.2)])
+    refused = pair(
+        5, 11, [("error", "not_leader", False, 11.0), ("error", "not_leader", False, 11.05)]
+    )
+    delayed = pair(6, 2, [("ok", None, False, 2.01), ("ok", None, True, 2.06)], overlap=0.05)
+    report = run([both, split, refused, delayed], [renewed("a", 0, 5, 10)], final={1: 3})
+    assert report.violations == []
+    assert report.keys == {1: (3, 1, 3)}  # four ops, eight copies: Σok 3, Σinfo 1
+    assert report.overlaps == (4, 3, 5, 2)
+
+
+def test_an_ack_that_came_back_well_after_the_deadline_is_a_violation_within_slack_is_not() -> None:
+    slow = op(1, "a", 9.5)
+    slow.attempts[0].done = T0 + 10.5  # sent before the deadline, back 0.5 s after it
+    assert (
+        "came back 0.500 s after its deadline"
+        in run([slow], [renewed("a", 0, 5, 10)]).violations[0]
+    )
+    slow.attempts[0].done = T0 + 10.1
+    assert run([slow], [renewed("a", 0, 5, 10)]).violations == []

@@ -1,8 +1,11 @@
 """A Jepsen-style run against an HA group (issue 16, spec/ha.md §4): seeded faults, four clients.
 
 Four clients send keyed increments through at least 10 faults (master SIGKILL and restart,
-master SIGSTOP past the ttl, replica SIGSTOP, etcd member SIGKILL), then the group heals, goes
-quiet and converges, and tests.process.jepsen.checker judges the history. Both modes run at
+master SIGSTOP past the ttl, replica SIGSTOP, etcd member SIGKILL, a master WAL flush slower
+than the ttl), then the group heals, goes quiet and converges, and tests.process.jepsen.checker
+judges the history. Half the ops go out as two overlapping copies (same idempotency key, two
+connections to one node, the second at once or up to 50 ms later; issue 22): no copy may be
+acked after its node's deadline, and the op counts once. Both modes run at
 once (CI has 10 minutes for the whole suite): two clients write keys 1-2 asynchronously (acked
 writes lost are reported against spec §3's window), two write keys 3-4 with
 `durability:"replicated:1"` (any acked write lost fails the run).
