@@ -32,9 +32,10 @@ from karma.ha.fence import Fence
 from karma.ha.rules import Keys
 from karma.observability import metrics
 from karma.observability.logs import Logger
-from karma.server import limit_ops, systemd
+from karma.server import limit_ops, system_ops, systemd
 from karma.server.accept import AcceptFailures, listen, serve_listeners
 from karma.server.connections import Drain, serve_connection
+from karma.server.context import HaView
 from karma.server.follower_task import Follower
 from karma.server.ha_task import HaTask, Settings
 from karma.server.metrics_http import Probes, serve_metrics
@@ -140,7 +141,7 @@ async def serve(
         status.role = str(Role.SLAVE)
     node = Node(config, engine, status, log, writer, snapshots, checkpoints, fence=fence)
     if writer is not None:
-        writer.on_logged = node.replicas.wal_appended
+        writer.on_logged = node.context.replicas.wal_appended
     drain = Drain()
     failures = AcceptFailures(engine.counters, log)
     try:
@@ -151,7 +152,10 @@ async def serve(
             services.start_soon(_watch_signals, shutdown, snapshots, log)
             if config.metrics_port:
                 registry = metrics.full_registry(
-                    node.stats_values, engine.counters, status, lambda: node.replicas.lsns
+                    partial(system_ops.stats_values, node.context),
+                    engine.counters,
+                    status,
+                    lambda: node.context.replicas.lsns,
                 )
                 await services.start(
                     serve_metrics,
@@ -187,10 +191,9 @@ async def serve(
                     ha = None
                     if fence is not None:
                         ha = _ha_task(config, directory, node, status, log, services, fence, port)
-                        node.topology = ha.topology
-                        node.current_term = ha.current_term
-                        node.history = ha.known_history
-                        node.newer_term_seen = ha.newer_term_seen
+                        node.context.ha = HaView(
+                            ha.topology, ha.current_term, ha.known_history, ha.newer_term_seen
+                        )
                         services.start_soon(ha.serve)
                     log.info(
                         "server.started",
@@ -251,8 +254,8 @@ def _ha_task(
     etcd = EtcdClient(config.ha_etcd.split(","), timeout_s=min(1.0, config.ha_ttl / 3))
     roles = ServerRoles(config, directory, node, status, log, services, name)
     log.info("ha.started", node=name, addr=settings.addr, etcd=config.ha_etcd)
-    node.replicas.unpublished()  # no report counts until this node leads and publishes
-    return HaTask(settings, etcd, fence, roles, log, replicas=node.replicas)
+    node.context.replicas.unpublished()  # no report counts until this node leads and publishes
+    return HaTask(settings, etcd, fence, roles, log, replicas=node.context.replicas)
 
 
 #: how long a stopping HA master waits for its replicas to hold its last entry

@@ -430,7 +430,7 @@ def _item(add: m.Add) -> dict[str, Any]:
 
 async def status(node: Node, req: lr.LimitStatus) -> bytes:
     limits = node.engine.limits
-    meta = await trio.to_thread.run_sync(snapshot_files.limits_meta, node.directory)
+    meta = await trio.to_thread.run_sync(snapshot_files.limits_meta, node.context.directory)
     return envelope.encode_ok(
         {
             "open_reservations": len(limits.holds),
@@ -443,8 +443,8 @@ async def status(node: Node, req: lr.LimitStatus) -> bytes:
 
 
 async def snapshot_fetch_chunk(node: Node, req: lr.LimitSnapshotFetchChunk) -> bytes:
-    path = node.directory / snapshot_files.LIMITS
-    meta = await trio.to_thread.run_sync(snapshot_files.limits_meta, node.directory)
+    path = node.context.directory / snapshot_files.LIMITS
+    meta = await trio.to_thread.run_sync(snapshot_files.limits_meta, node.context.directory)
     if meta is None:
         raise KarmaError(ErrorCode.NOT_FOUND, "Limits snapshot not found")
     try:

@@ -8,44 +8,34 @@ through `handle_async`, which the connection awaits in order.
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import attrs
-import msgspec
 import trio
 from msgspec import UNSET
-from prometheus_client import CollectorRegistry
 
 from karma import days
 from karma.config import Config, Role
 from karma.core import mutations as m
-from karma.core import report
 from karma.core.budget import AnyBudget, Budget, Unlimited
-from karma.core.counters import NodeStatus, SlowLog
+from karma.core.counters import NodeStatus
 from karma.core.engine import ENGINE_READS, SCANNING_READS, WRITES, Engine, Immediate
 from karma.errors import ErrorCode, KarmaError
-from karma.ha import rules
 from karma.ha.fence import Fence
-from karma.ha.rules import TermStart
-from karma.observability import metrics
 from karma.observability.logs import Logger
 from karma.protocol import envelope, optable
 from karma.protocol import requests as r
 from karma.protocol.decode import decode
 from karma.protocol.gate import Gate
 from karma.protocol.optable import Access
-from karma.server import limit_ops
-from karma.server.replicas import Replicas
+from karma.server import limit_ops, recovery_ops, replication_ops, snapshot_ops, system_ops
+from karma.server.context import AsyncHandler, Context, SyncHandler
+from karma.server.replication_ops import LongPoll
 from karma.server.snapshotter import Snapshotter
 from karma.server.wal_writer import Pending, WalWriter
-from karma.storage import files, snapshot_codec, snapshot_files, wal_files
 
 
 @attrs.define(eq=False)
@@ -80,15 +70,6 @@ class Acknowledgement:
         return self.node.acknowledge(self.data)
 
 
-@attrs.frozen
-class LongPoll:
-    """A poll's answer and how long it waited for entries as the replica asked (`wait_ms`):
-    that wait is not counted against --slow-request-ms."""
-
-    answer: object
-    waited_s: float
-
-
 @attrs.define(eq=False)
 class Node:
     config: Config
@@ -98,32 +79,31 @@ class Node:
     writer: WalWriter | None = None
     snapshots: Snapshotter | None = None
     checkpoints: dict[str, dict[str, Any]] = attrs.field(factory=dict)
-    gate: Gate = attrs.field(init=False)
-    directory: Path = attrs.field(init=False)
-    #: keys and reservation ids being written: a retry waits for the first write's outcome
-    inflight: dict[str, trio.Event] = attrs.field(init=False, factory=dict)
-    karma_metrics: CollectorRegistry = attrs.field(init=False)
-    _files: trio.CapacityLimiter = attrs.field(init=False, factory=lambda: trio.CapacityLimiter(2))
-    _second: int = attrs.field(init=False, default=-1)
-    #: --slow-request-ms in ms (inf: off), and the newest slow requests (system.slowlog)
-    slow_ms: float = attrs.field(init=False, default=float("inf"))
-    slowlog: SlowLog = attrs.field(init=False, factory=SlowLog)
-    _today: int = attrs.field(init=False, default=0)
     #: HA (--ha-etcd): writes are acknowledged only while this is open (karma.ha.fence)
     fence: Fence | None = None
-    #: HA: the HA task's view for cluster.topology
-    topology: Callable[[], dict[str, object]] | None = None
-    #: HA: the term this node leads or follows (answers carry it when asked)
-    current_term: Callable[[], int] = lambda: 0
-    #: HA: the group's term history (a replica's poll is checked against it)
-    history: Callable[[], Sequence[TermStart]] = lambda: ()
-    #: HA: a poll showed a newer term than the one this node leads (refused and logged)
-    newer_term_seen: Callable[[int], None] = lambda term: None
-    #: the replicas polling this node and the LSN each holds (durability "replicated:N")
-    replicas: Replicas = attrs.field(factory=Replicas)
+    #: what the op families' handlers may use (they never see the node)
+    context: Context = attrs.field(init=False)
+    gate: Gate = attrs.field(init=False)
+    #: keys and reservation ids being written: a retry waits for the first write's outcome
+    inflight: dict[str, trio.Event] = attrs.field(init=False, factory=dict)
+    _second: int = attrs.field(init=False, default=-1)
+    #: --slow-request-ms in ms (inf: off)
+    slow_ms: float = attrs.field(init=False, default=float("inf"))
+    _today: int = attrs.field(init=False, default=0)
 
     def __attrs_post_init__(self) -> None:
-        self.karma_metrics = metrics.karma_registry(self.stats_values)
+        directory = Path(self.config.directory).resolve()
+        self.context = Context(
+            self.config,
+            self.engine,
+            self.status,
+            self.log,
+            directory,
+            self.writer,
+            self.snapshots,
+            self.checkpoints,
+            self.fence,
+        )
         self.gate = Gate(
             self.config.auth_token,
             self.config.read_auth_token,
@@ -131,7 +111,6 @@ class Node:
             slave=self.config.role is Role.SLAVE or self.fence is not None,
             fence=self.fence,
         )
-        self.directory = Path(self.config.directory).resolve()
         if self.config.slow_request_ms:
             self.slow_ms = float(self.config.slow_request_ms)
 
@@ -209,9 +188,9 @@ class Node:
             timeout_s = self.config.replicated_timeout_ms / 1000
             deadline = trio.current_time() + timeout_s
             # HA: acked only once etcd says a failover must reach the replicas that count
-            strict = self.fence is None or await self.replicas.until_strict(timeout_s)
+            strict = self.fence is None or await self.context.replicas.until_strict(timeout_s)
             left_s = max(0.0, deadline - trio.current_time())
-            if not strict or not await self.replicas.wait_for(lsn, replicas, left_s):
+            if not strict or not await self.context.replicas.wait_for(lsn, replicas, left_s):
                 error = KarmaError(
                     ErrorCode.REPLICATION_TIMEOUT,
                     f"Write logged at LSN {lsn} on this node but fewer than {replicas} replicas"
@@ -220,8 +199,8 @@ class Node:
                 )
                 self._failed(optable.TAG_BY_CLASS[cls], error.code)
                 return envelope.encode_error(error)
-            self.replicas.acknowledged(lsn)
-        return envelope.with_term(data, self.current_term(), lsn if write else None)
+            self.context.replicas.acknowledged(lsn)
+        return envelope.with_term(data, self.context.ha.current_term(), lsn if write else None)
 
     async def _handle_async(self, request: r.Request) -> bytes:
         started = time.perf_counter()
@@ -241,7 +220,7 @@ class Node:
                 if cls in _STREAM_STEPS:  # one line per stream step: imports are traceable
                     self._log_stream(request, response)
             else:
-                response = await _ASYNC_BY_CLASS[cls](self, request)
+                response = await _ASYNC_BY_CLASS[cls](self.context, request)
                 if isinstance(response, LongPoll):  # waiting as asked is not being slow
                     started += response.waited_s
                     response = response.answer
@@ -297,7 +276,7 @@ class Node:
         if cls in _INGEST_CLASSES:
             self.engine.counters.record_ingest(elapsed_ms)
         if elapsed_ms >= self.slow_ms:  # one comparison per request; inf when disabled
-            self.slowlog.record(op, elapsed_ms, time.time(), failed=failed)
+            self.context.slowlog.record(op, elapsed_ms, time.time(), failed=failed)
             self.log.warning("request.slow", op=op, duration_ms=round(elapsed_ms, 3))
 
     def _log_stream(self, request: r.Request, response: object) -> None:
@@ -414,309 +393,12 @@ class Node:
         handler = _SHELL_BY_CLASS.get(cls)
         if handler is None:
             raise KarmaError(ErrorCode.INTERNAL_ERROR, f"{r.op_tag(cls)} has no handler")
-        return handler(self, request)
+        return handler(self.context, request)
 
     def _budget(self) -> AnyBudget:
         if not self.config.query_timeout_ms:
             return Unlimited()
         return Budget(time.monotonic, time.monotonic() + self.config.query_timeout_ms / 1000)
-
-    def ping(self, req: r.Ping) -> object:
-        return "pong"
-
-    def cluster_topology(self, req: r.ClusterTopology) -> object:
-        if self.topology is not None:
-            return self.topology()
-        return {"ha": False, "role": self.status.role, "leader": None, "term": 0, "members": []}
-
-    def slowlog_entries(self, req: r.SlowLog) -> object:
-        return self.slowlog.entries(r.opt(req.limit))
-
-    def health(self, req: r.Health) -> object:
-        return report.health(self.status, time.time())
-
-    def stats(self, req: r.Stats) -> object:
-        return self.stats_values()
-
-    def stats_values(self) -> dict[str, object]:
-        values = report.stats(self.engine, self.status, time.time(), _memory_bytes())
-        values["recovery_checkpoint_count"] = len(self.checkpoints)
-        values["recovery_last_checkpoint_unix"] = max(
-            (int(c.get("updated_at_unix", 0)) for c in self.checkpoints.values()), default=0
-        )
-        return values
-
-    def metrics(self, req: r.Metrics) -> object:
-        return metrics.exposition(self.karma_metrics).decode()
-
-    def reconciliation_report(self, req: r.ReconciliationReport) -> object:
-        c = self.engine.counters
-        drift, delta = req.absolute_drift or 0, req.max_abs_delta or 0
-        c.reconciliation_run_count += 1
-        c.reconciliation_checked_points += req.checked_points
-        c.reconciliation_mismatch_count += req.mismatch_count
-        c.reconciliation_absolute_drift += drift
-        c.reconciliation_last_run_unix = int(time.time())
-        c.reconciliation_last_checked_points = req.checked_points
-        c.reconciliation_last_mismatch_count = req.mismatch_count
-        c.reconciliation_last_absolute_drift = drift
-        c.reconciliation_last_max_abs_delta = delta
-        return "OK"
-
-    def recovery_status(self, req: r.RecoveryStatus) -> object:
-        chosen = [
-            c
-            for name, c in sorted(self.checkpoints.items())
-            if req.source is None or name == req.source
-        ]
-        return {"checkpoint_count": len(chosen), "checkpoints": chosen}
-
-    def replication_status(self, req: r.ReplicationStatus) -> object:
-        fields = dict(self.status.replication.fields(report.replayed_lsn(self.status)))
-        answer: dict[str, object] = {
-            "role": self.status.role,
-            "wal_enabled": self.status.wal_enabled,
-            "wal_current_lsn": self.status.wal_current_lsn,
-            "wal_bytes": self.status.wal_bytes,
-            "replayed_lsn": fields.pop("replication_replayed_lsn"),
-        }
-        answer.update(fields)
-        latest = [
-            s.meta().presented() for s in snapshot_files.latest_by_series(self.directory).values()
-        ]
-        answer.update(
-            {
-                "last_snapshot_lsn": self.status.last_snapshot_lsn,
-                "latest_snapshots": latest,
-                "recovery": self.recovery_status(r.RecoveryStatus(v=2)),
-                "recovery_checkpoint_count": len(self.checkpoints),
-            }
-        )
-        return answer
-
-    # --- operations that wait for files ----------------------------------------------------------
-    async def in_thread(self, fn: Callable[..., Any], *args: object) -> Any:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._files)
-
-    def _snapshotter(self) -> Snapshotter:
-        assert self.snapshots is not None
-        return self.snapshots
-
-    async def snapshot_create(self, req: r.SnapshotCreate) -> object:
-        await self._snapshotter().create_one(req.name)
-        return f'Tree "{req.name}" saved'
-
-    async def snapshot_create_all(self, req: r.SnapshotCreateAll) -> object:
-        await self._snapshotter().create_all("request")
-        return "OK"
-
-    async def snapshot_list(self, req: r.SnapshotList) -> object:
-        found = await self.in_thread(snapshot_files.list_snapshots, self.directory)
-        return [str(s.path) for s in found]
-
-    async def snapshot_info(self, req: r.SnapshotInfo) -> object:
-        return await self.in_thread(self._snapshot_info)
-
-    def _snapshot_info(self) -> dict[str, object]:
-        found = snapshot_files.list_snapshots(self.directory)
-        latest = [s.meta() for s in snapshot_files.latest_by_series(self.directory).values()]
-        latest.sort(key=lambda meta: -meta.timestamp)
-        return {
-            "dump_count": len(found),
-            "latest_by_tree": [meta.presented() for meta in latest],
-            "idempotency_snapshot": snapshot_files.idempotency_meta(self.directory),
-            "last_snapshot_lsn": max((meta.last_lsn for meta in latest), default=0),
-            "wal_enabled": self.status.wal_enabled,
-            "wal_bytes": self.status.wal_bytes,
-            "wal_current_lsn": self.status.wal_current_lsn,
-            "dump_retention_per_tree": self.config.dump_retention_per_tree,
-        }
-
-    async def snapshot_verify(self, req: r.SnapshotVerify) -> object:
-        from karma.storage import verify
-
-        return await self.in_thread(verify.verify, self.directory)
-
-    async def snapshot_load(self, req: r.SnapshotLoad) -> object:
-        snapshot = snapshot_files.resolve(self.directory, req.file)
-        if snapshot is None:
-            if snapshot_files.TREE_NAME.fullmatch(req.file) is None:
-                raise KarmaError.validation(f'Invalid dump file name "{req.file}"')
-            series = req.file.split("_", 1)[1].removesuffix(".tree")
-            raise KarmaError(ErrorCode.NOT_FOUND, f'Dump "{series}" not found')
-        try:
-            data = await self.in_thread(snapshot_files.read, snapshot)
-            loaded = snapshot_codec.decode_series(data)
-        except files.NotRegularFileError as exc:  # removed, or swapped for a link, meanwhile
-            raise KarmaError(ErrorCode.NOT_FOUND, f'Dump "{snapshot.series}" not found') from exc
-        except (OSError, snapshot_codec.SnapshotError) as exc:
-            raise KarmaError.validation(f"Cannot load {req.file}: {exc}") from exc
-        # karma 1.0 semantics: memory only, not logged; the next snapshot makes it durable
-        self.engine.store.series[snapshot.series] = loaded
-        self.log.info("snapshot.load", file=req.file, series=snapshot.series)
-        return f'Tree "{snapshot.series}" loaded'
-
-    async def snapshot_fetch(self, req: r.SnapshotFetch) -> object:
-        snapshot, data = await self._existing(req.file)
-        return {
-            "metadata": snapshot.meta().presented(),
-            "data_base64": base64.b64encode(data).decode(),
-        }
-
-    async def snapshot_fetch_chunk(self, req: r.SnapshotFetchChunk) -> object:
-        snapshot, data = await self._existing(req.file)
-        return _chunk(snapshot.meta().presented(), data, req.offset, req.limit, "snapshot")
-
-    async def idempotency_snapshot_fetch_chunk(
-        self, req: r.IdempotencySnapshotFetchChunk
-    ) -> object:
-        meta = snapshot_files.idempotency_meta(self.directory)
-        path = self.directory / snapshot_files.IDEMPOTENCY
-        if meta is not None:
-            with contextlib.suppress(files.NotRegularFileError):  # a link is no snapshot
-                data = await self.in_thread(files.read_regular, path)
-                return _chunk(meta, data, req.offset, req.limit, "idempotency snapshot")
-        raise KarmaError(ErrorCode.NOT_FOUND, "Idempotency snapshot not found")
-
-    async def _existing(self, file: str) -> tuple[snapshot_files.SnapshotFile, bytes]:
-        """The snapshot named `file` and its bytes: a regular file in the directory only."""
-        snapshot = snapshot_files.resolve(self.directory, file)
-        if snapshot is not None:
-            with contextlib.suppress(files.NotRegularFileError):  # removed or swapped meanwhile
-                return snapshot, await self.in_thread(snapshot_files.read, snapshot)
-        raise KarmaError(ErrorCode.NOT_FOUND, f'Snapshot "{file}" not found')
-
-    async def recovery_checkpoint(self, req: r.RecoveryCheckpoint) -> object:
-        offset = req.source_offset if req.source_offset is not None else req.offset
-        # karma 1.0 answers (and stores) a field that was not given as null, not absent
-        checkpoint: dict[str, Any] = {
-            "source": req.source,
-            "offset": None if offset is None else str(offset),
-            "event_id": None if req.event_id is None else str(req.event_id),
-        }
-        checkpoint["updated_at_unix"] = int(time.time())
-        updated = dict(self.checkpoints)
-        updated[req.source] = checkpoint
-        document = {"checkpoints": [c for _, c in sorted(updated.items())]}
-        try:
-            await self.in_thread(
-                snapshot_files.atomic_write,
-                self.directory / snapshot_files.RECOVERY,
-                msgspec.json.encode(document) + b"\n",
-            )
-        except OSError as exc:  # atomic: recovery.json still holds the previous checkpoints
-            self.log.error("recovery.checkpoint_failed", source=req.source, error=str(exc))
-            error = KarmaError.storage(
-                "Recovery checkpoint failed", exc, "the previous checkpoints are kept"
-            )
-            self.status.storage_refused("files", error.message)
-            raise error from exc
-        self.status.storage_recovered("files")
-        self.checkpoints = updated
-        self.log.info("recovery.checkpoint", source=req.source, checkpoints=len(updated))
-        return checkpoint
-
-    def _active_index(self) -> list[tuple[int, int]] | None:
-        """A copy of the writer's (lsn, offset) index of karma.wal, taken on the event loop."""
-        return None if self.writer is None else list(self.writer.wal.offsets)
-
-    async def replication_entries(self, req: r.ReplicationEntries) -> object:
-        limit = r.opt(req.limit) or r.REPLICATION_DEFAULT_LIMIT
-        byte_limit = _entries_byte_limit(self.config.max_response_bytes)
-        after_term = r.opt(req.after_term)
-        if after_term is not None:
-            self._check_poll_term(req.after_lsn, after_term)
-        replica = r.opt(req.node)
-        if replica is not None:
-            self.replicas.report(replica, req.after_lsn)
-        wait_ms = r.opt(req.wait_ms)
-        waited_s = 0.0
-        if wait_ms and self.status.wal_current_lsn <= req.after_lsn:
-            began = time.perf_counter()
-            await self.replicas.wait_for_entries(min(wait_ms, r.REPLICATION_MAX_WAIT_MS) / 1000)
-            waited_s = time.perf_counter() - began
-        current = self.status.wal_current_lsn
-        entries: list[tuple[int, bytes]] = []
-        truncated = False
-        if self.config.wal:
-            entries, truncated, first = await self.in_thread(
-                wal_files.read_after,
-                self.directory,
-                req.after_lsn,
-                limit,
-                byte_limit,
-                current,
-                self._active_index(),
-            )
-            available_from = first if first is not None else current + 1
-            if req.after_lsn + 1 < available_from and req.after_lsn < current:
-                raise KarmaError(
-                    ErrorCode.REPLICATION_GAP,
-                    f"Requested WAL after_lsn {req.after_lsn} is older than snapshot LSN "
-                    f"{available_from - 1}; bootstrap from snapshot",
-                )
-        answer = {
-            "after_lsn": req.after_lsn,
-            "limit": limit,
-            "byte_limit": byte_limit,
-            "entries_bytes": sum(
-                len(b'{"lsn":,"entry":}') + len(str(lsn)) + len(entry) for lsn, entry in entries
-            ),
-            "truncated_by_bytes": truncated,
-            "count": len(entries),
-            "source_lsn": current,
-            "entries": [{"lsn": lsn, "entry": msgspec.Raw(entry)} for lsn, entry in entries],
-            "next_lsn": entries[-1][0] if entries else req.after_lsn,
-            **({} if wait_ms is None else {"wait_ms": wait_ms}),
-            **({} if after_term is None else {"term": self.current_term()}),
-        }
-        return LongPoll(answer, waited_s)
-
-    def _check_poll_term(self, after_lsn: int, after_term: int) -> None:
-        """Fencing on polls (Raft's rules): a poll from a newer term is refused (no sync ack
-        is gathered from it); a tail we never wrote is refused, so the replica moves it aside
-        instead of building on it."""
-        fence = self.fence
-        if fence is None:
-            return
-        if fence.term and after_term > fence.term:
-            self.newer_term_seen(after_term)
-            raise fence.refusal()
-        cut = rules.diverged_after(after_term, after_lsn, self.history())
-        if cut is not None:
-            raise KarmaError(
-                ErrorCode.REPLICATION_DIVERGED,
-                f"Entries after LSN {cut} (term {after_term}) are not in this master's history;"
-                " move the WAL aside and bootstrap",
-            )
-
-
-def _chunk(
-    meta: dict[str, object], data: bytes, offset_field: object, limit_field: object, what: str
-) -> dict[str, object]:
-    offset = r.opt(offset_field) or 0
-    limit = r.opt(limit_field) or r.CHUNK_DEFAULT
-    assert isinstance(offset, int)
-    assert isinstance(limit, int)
-    if offset > len(data):
-        raise KarmaError.validation(f"Field offset exceeds {what} size")
-    piece = data[offset : offset + limit]
-    next_offset = offset + len(piece)
-    return {
-        "metadata": meta,
-        "offset": offset,
-        "limit": limit,
-        "bytes": len(piece),
-        "total_bytes": len(data),
-        "next_offset": next_offset,
-        "done": next_offset >= len(data),
-        "data_base64": base64.b64encode(piece).decode(),
-    }
-
-
-def _entries_byte_limit(max_response_bytes: int) -> int:
-    """karma 1.0 leaves 2 KiB of the response limit for the envelope around the entries."""
-    return (max_response_bytes or 1048576) - 2048
 
 
 _OP_FIELD: Final = re.compile(rb'"op"\s*:\s*"([a-z_]{1,40}\.[a-z_]{1,40})"')
@@ -731,40 +413,18 @@ def _op_of(line: bytes) -> str:
     return op if op in optable.CLASS_BY_TAG else "-"
 
 
-def _memory_bytes() -> int:
-    try:
-        with open("/proc/self/statm", "rb") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
 _UNLIMITED: Final = Unlimited()
 
-_SHELL: Final[dict[type, Callable[[Node, Any], object]]] = {
-    r.Ping: Node.ping,
-    r.ClusterTopology: Node.cluster_topology,
-    r.SlowLog: Node.slowlog_entries,
-    r.Health: Node.health,
-    r.Stats: Node.stats,
-    r.Metrics: Node.metrics,
-    r.ReconciliationReport: Node.reconciliation_report,
-    r.RecoveryStatus: Node.recovery_status,
-    r.ReplicationStatus: Node.replication_status,
+#: the op families' handlers, by request class: each receives the context and the request
+_SHELL: Final[dict[type, SyncHandler]] = {
+    **system_ops.SYNC,
+    **recovery_ops.SYNC,
+    **replication_ops.SYNC,
 }
-
-_ASYNC: Final[dict[type, Callable[[Node, Any], Awaitable[object]]]] = {
-    r.SnapshotCreate: Node.snapshot_create,
-    r.SnapshotCreateAll: Node.snapshot_create_all,
-    r.SnapshotList: Node.snapshot_list,
-    r.SnapshotInfo: Node.snapshot_info,
-    r.SnapshotVerify: Node.snapshot_verify,
-    r.SnapshotLoad: Node.snapshot_load,
-    r.SnapshotFetch: Node.snapshot_fetch,
-    r.SnapshotFetchChunk: Node.snapshot_fetch_chunk,
-    r.IdempotencySnapshotFetchChunk: Node.idempotency_snapshot_fetch_chunk,
-    r.RecoveryCheckpoint: Node.recovery_checkpoint,
-    r.ReplicationEntries: Node.replication_entries,
+_ASYNC: Final[dict[type, AsyncHandler]] = {
+    **snapshot_ops.ASYNC,
+    **recovery_ops.ASYNC,
+    **replication_ops.ASYNC,
 }
 
 #: Writes that must see every earlier write applied before they are checked (chunk numbering).

@@ -137,6 +137,22 @@ def test_slow_requests_are_logged_and_kept_in_the_slowlog(
     assert any(line["op"] == "series.batch_add" for line in lines)
 
 
+def test_a_long_poll_that_waits_as_asked_is_not_a_slow_request(
+    tmp_path: Path, procs: list[Proc]
+) -> None:
+    """A replica's idle `replication.entries` waits up to `wait_ms` for entries by design:
+    that wait is no slowness (issue 22 saw every idle poll logged as request.slow)."""
+    proc, _ = _server(tmp_path, "m", procs, "--slow-request-ms=50")
+    proc.start()
+    client = Client(proc.port)
+    polled = client.call("replication.entries", after_lsn=0, wait_ms=300)
+    assert polled["success"], polled
+    slow = client.call("system.slowlog")["response"]
+    client.close()
+    assert slow["entries"] == [], slow
+    assert '"request.slow"' not in proc.stderr()
+
+
 def test_each_import_step_is_one_log_line(tmp_path: Path, procs: list[Proc]) -> None:
     proc, _ = _server(tmp_path, "m", procs)
     proc.start()
