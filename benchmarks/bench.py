@@ -104,7 +104,36 @@ def workloads(single: int, batches: int) -> list[tuple[str, list[str]]]:
             "increment pipeline=32",
             ["--op=increment", "--clients=4", f"--requests={single}", "--pipeline=32"],
         ),
+        # issue 25: keyed writes and limit decisions beside plain increments, two shapes
+        *(
+            (
+                f"{op} pipeline=32",
+                [f"--op={op}", "--clients=4", f"--requests={single}", "--pipeline=32"],
+            )
+            for op in KEYED
+        ),
+        *(
+            (f"{op} 32 clients", [f"--op={op}", "--clients=32", f"--requests={single // 8}"])
+            for op in ("increment", *KEYED)
+        ),
     ]
+
+
+#: kbench ops that send a unique idempotency key per request ("c<client>-<n>", "i<client>-<n>")
+KEYED = ("increment_key", "consume")
+
+
+def forget_keys(port: int) -> None:
+    """Drop every idempotency record, so the next keyed workload's keys (kbench numbers them
+    per client from 0 again) are new, not replays of the previous workload's."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(b'{"v":2,"op":"idempotency.prune","before":4102444800}\n')
+        answer = b""
+        while not answer.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
 
 
 def build_kbench() -> Path:
@@ -211,7 +240,7 @@ def run_server(
         command.append(f"--metrics-port={metrics_port}")
         scraper = Scraper(metrics_port)
     metrics_port = 0
-    if name == "wal-fsync":  # this tree: entries per fdatasync from karma_wal_batch_entries
+    if name.partition("@")[0] == "wal-fsync":  # entries per fdatasync (karma_wal_batch_entries)
         metrics_port = free_port()
         command.append(f"--metrics-port={metrics_port}")
     process = subprocess.Popen(
@@ -228,6 +257,10 @@ def run_server(
                 continue
             args = [a for a in args if a != "--setup"] + (["--setup"] if setup else [])
             setup = False
+            if any(a.removeprefix("--op=") in KEYED for a in args) and not name.startswith(
+                ("trio_min", "baseline", "karma1:")
+            ):
+                forget_keys(port)
             before = wal_batches(metrics_port)
             result = run_kbench(options.kbench, port, args, process.pid)
             after = wal_batches(metrics_port)

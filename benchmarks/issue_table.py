@@ -22,6 +22,17 @@ ROWS = [
     ("batch_add 1000 items", "wal-on", "batch_add x1000", 1.0),
     ("batch_sum 1000 keys", "wal-off", "batch_sum x1000", 1.0),
 ]
+#: issue 25: keyed writes and decisions against plain increments, WAL + fsync, one run
+#: (label, workload, the plain workload of the same shape); target: each keyed row >= 0.8x
+KEYED_ROWS = [
+    ("increment, 4 x 32 in flight", "increment pipeline=32", "increment pipeline=32"),
+    ("keyed increment, 4 x 32", "increment_key pipeline=32", "increment pipeline=32"),
+    ("limit.consume keyed, 4 x 32", "consume pipeline=32", "increment pipeline=32"),
+    ("increment, 32 x 1", "increment 32 clients", "increment 32 clients"),
+    ("keyed increment, 32 x 1", "increment_key 32 clients", "increment 32 clients"),
+    ("limit.consume keyed, 32 x 1", "consume 32 clients", "increment 32 clients"),
+]
+KEYED_TARGET = 0.8
 MODE_NAMES = {"wal-fsync": "WAL + fsync", "wal-on": "WAL, no fsync", "wal-off": "WAL off"}
 BATCH_WORKLOADS = {"batch_add x1000", "batch_sum x1000"}
 Row = dict[str, object]
@@ -50,10 +61,16 @@ class Plan:
         """
         for mode in MODE_NAMES:
             needed = {workload for _, row_mode, workload, _ in ROWS if row_mode == mode}
+            if mode == "wal-fsync":
+                needed |= {workload for _, workload, _ in KEYED_ROWS}
             for _, pattern in self.columns():
                 if pattern != "trio_min":
                     yield pattern.format(mode=mode), needed
         yield "trio_min", {workload for _, _, workload, _ in ROWS}
+
+    def keyed_columns(self) -> list[tuple[str, str]]:
+        """The columns of the keyed table: this tree and the previous revision, WAL + fsync."""
+        return [(n, p.format(mode="wal-fsync")) for n, p in self.columns() if "{mode}" in p]
 
 
 def rate(row: Row) -> float:
@@ -125,3 +142,30 @@ def print_table(plan: Plan, rows: list[Row], rounds: int) -> None:
         entries = median_of(cells(rows, mode, workload), "entries_per_fsync")
         if mode == "wal-fsync" and entries is not None:
             print(f"karma-trio, {label}, WAL + fsync: {entries:.2f} entries per fdatasync (median)")
+    print_keyed_table(plan, rows)
+
+
+def print_keyed_table(plan: Plan, rows: list[Row]) -> None:
+    """Issue 25: keyed increments and limit.consume beside plain increments of the same shape,
+    WAL + fsync: rate, ratio to plain (target >= 0.8) and entries per fdatasync, per column."""
+    columns = plan.keyed_columns()
+    print()
+    print(f"Keyed writes and decisions, WAL + fsync (x plain: target >= {KEYED_TARGET}):")
+    print(
+        "| workload | "
+        + " | ".join(f"{name} | x plain | entries/fdatasync" for name, _ in columns)
+        + " |"
+    )
+    print("|---|" + "---|---|---|" * len(columns))
+    for label, workload, plain in KEYED_ROWS:
+        line = [label]
+        for _, server in columns:
+            found = cells(rows, server, workload)
+            value = median_of(found, "ops_per_sec")
+            base = median_of(cells(rows, server, plain), "ops_per_sec")
+            entries = median_of(found, "entries_per_fsync")
+            errors = any(r.get("errors") or r.get("error") for r in found)
+            line.append(show_rate(value, workload) + (" (!)" if errors else ""))
+            line.append(f"{value / base:.2f}" if value and base else "-")
+            line.append("-" if entries is None else f"{entries:.1f}")
+        print("| " + " | ".join(line) + " |")

@@ -67,10 +67,14 @@ class IdempotencyTable:
     def _enforce(self, now: int) -> None:
         if self.max_age_seconds:
             oldest_kept = now - self.max_age_seconds
-            for key in list(self.records):
-                if self.records[key].created_at_unix >= oldest_kept:
+            # oldest first, and stop at the first one young enough: no copy of the keys (a
+            # list of them per keyed write cost O(records), ~100 µs at 40,000 records)
+            records = self.records
+            while records:
+                key = next(iter(records))
+                if records[key].created_at_unix >= oldest_kept:
                     break
-                del self.records[key]
+                del records[key]
                 self.pruned += 1
         while self.max_records and len(self.records) > self.max_records:
             del self.records[next(iter(self.records))]

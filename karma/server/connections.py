@@ -1,8 +1,9 @@
 """One task per client connection: stream ⇄ LineBuffer ⇄ Node.
 
 All the lines of one read are handled in order and their answers leave in one write. Writes
-are queued on the WAL writer without waiting, so a pipelined burst of writes shares one WAL
-batch (and one fsync); a read that follows them waits for them first, so it sees them.
+are queued on the WAL writer without waiting — keyed writes and limit decisions too — so a
+pipelined burst of writes shares one WAL batch (and one fsync); a read that follows them waits
+for them first, so it sees them. The wait belongs to the answer, not to the reading.
 
 Backpressure: nothing more is read from a client while its answers wait to be sent, and the
 answers of one read are sent in slices of about `flush_bytes`, each sent before the next is
@@ -21,10 +22,11 @@ import attrs
 import trio
 
 from karma.config import Config
+from karma.core.engine import WRITES
 from karma.errors import ErrorCode, KarmaError
 from karma.protocol import envelope
 from karma.protocol.framing import LineBuffer
-from karma.server.node import Acknowledgement, Node, Waiting
+from karma.server.node import Acknowledgement, Busy, Node, Waiting
 
 RECEIVE_BYTES = 65536
 
@@ -212,6 +214,9 @@ async def answer_all(
     answers: list[bytes | Waiting | Acknowledgement] = []
     built = 0  # bytes in `answers` (queued writes' answers are small and not counted)
     last_write: Waiting | None = None
+    # a store write of this connection is among those waiting: a limit decision, which counts
+    # pending limit effects by itself, waits for it as a read would
+    stored = False
     fenced = node.fence is not None  # HA: write answers are checked again as they leave
     for line in lines:
         request = node.decode(line)
@@ -222,20 +227,35 @@ async def answer_all(
             _unbound(deadline)
             if last_write is not None:
                 await last_write.pending.done.wait()
-                last_write = None
+                last_write, stored = None, False
             answer = await node.handle_async(request)
         else:
-            if last_write is not None and not node.is_write(request):
+            write = type(request) in WRITES
+            if last_write is not None and not write and (stored or not node.decides(request)):
                 # read-your-writes: the writer finishes batches in queue order, so the last
                 # queued write being done means every earlier one is
                 _unbound(deadline)
                 await last_write.pending.done.wait()
-                last_write = None
+                last_write, stored = None, False
             answer = node.handle(request)
             if isinstance(answer, Waiting):
-                last_write = answer
-                answers.append(answer)
-                continue
+                if not answer.behind:
+                    last_write = answer  # the newest write submitted, or a later one
+                    stored = stored or write
+                elif isinstance(answer, Busy):
+                    # its reservation id is being settled: decided again after it, in order
+                    _unbound(deadline)
+                    if last_write is not None:
+                        await last_write.pending.done.wait()
+                        last_write, stored = None, False
+                    answer = await node.settle(request)
+                elif last_write is None:
+                    # a copy of a key in flight answers from an older write; any later write
+                    # of this connection is the one to wait for
+                    last_write = answer
+                if isinstance(answer, Waiting):
+                    answers.append(answer)
+                    continue
         built += len(answer)
         if fenced and not isinstance(request, bytes) and node.acknowledges(request):
             answers.append(Acknowledgement(node, answer))

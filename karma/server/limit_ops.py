@@ -1,10 +1,12 @@
 """The `limit.*` ops on a node: decide, submit the effect, answer (spec/limits.md).
 
-Each mutating op decides and submits its effect in one synchronous step (no `await` between),
-so racing requests are decided in the order they reach this module, each seeing the effects
-decided before it as pending. An allowed effect is answered when its WAL batch is applied; a
-denial that writes nothing is answered once everything submitted before it is durable, so no
-answer rests on a write that could still fail.
+Each decision is one synchronous step that decides, submits its effect and returns its answer
+for later (`Later`): racing requests are decided in the order they reach this module, each
+seeing the effects decided before it as pending, and the connection goes on reading while the
+answer waits. An allowed effect is answered when its WAL batch is applied; a denial that writes
+nothing is answered once everything submitted before it is durable, so no answer rests on a
+write that could still fail. If a flush fails, every write behind it fails too (wal_writer's
+`_fail_behind`), so a decision that counted a rolled-back effect is never acknowledged.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
+import attrs
 import msgspec
 import trio
 
@@ -25,10 +28,11 @@ from karma.errors import ErrorCode, KarmaError
 from karma.protocol import envelope
 from karma.protocol.requests import limits as lr
 from karma.protocol.requests import opt
+from karma.server.wal_writer import Pending
 from karma.storage import files, snapshot_files
 
 if TYPE_CHECKING:
-    from karma.server.node import Node
+    from karma.server.node import Claim, Node
 
 _canonical: Final = msgspec.json.Encoder(order="sorted")
 
@@ -126,55 +130,75 @@ def _answer(
 
 
 # --- effects ---------------------------------------------------------------------------------
-async def _effect(node: Node, mutation: m.Mutation) -> None:
-    """Log and apply one effect; while its batch is on its way it counts as pending."""
+@attrs.frozen
+class Later:
+    """An answer that rests on `pending`: once it is done, its error, or what `reply` builds."""
+
+    pending: Pending
+    reply: Callable[[Pending], bytes]
+    #: `pending` is the first copy's (this is a copy of a key in flight), not this request's
+    duplicate: bool = False
+
+
+@attrs.frozen
+class Busy:
+    """The reservation id is being settled by `pending`: decide again once it is done."""
+
+    pending: Pending
+
+
+Outcome = bytes | Later | Busy
+
+
+def _constant(data: bytes) -> Callable[[Pending], bytes]:
+    return lambda _pending: data
+
+
+def _effect(
+    node: Node, mutation: m.Mutation, data: bytes, claim: str | None = None, fingerprint: str = ""
+) -> bytes | Later:
+    """Submit one effect, answered `data` once applied; until then it counts as pending."""
     engine = node.engine
     if node.writer is None:
         engine.apply(mutation)
-        return
+        return data
     engine.limits.pend(mutation)  # applied (or failed) batches unpend it in the writer
-    pending = node.writer.submit_nowait(mutation)
-    with trio.CancelScope(shield=True):  # decided is decided: the client may go, the effect stays
-        await pending.done.wait()
-    if pending.error is not None:
-        raise pending.error
+    return Later(node.submit(mutation, claim, fingerprint), _constant(data))
 
 
-async def _durable_so_far(node: Node) -> None:
-    """A denial writes nothing, but it may rest on pending effects: answer once they are in."""
-    if node.writer is not None:
-        error = await node.writer.barrier()
-        if error is not None:
-            raise error
+def _after_pending(node: Node, data: bytes) -> bytes | Later:
+    """A denial writes nothing, but it may rest on pending effects: answer once they are in
+    (with their error if they failed)."""
+    last = None if node.writer is None else node.writer.unfinished()
+    return data if last is None else Later(last, _constant(data))
 
 
-async def _once(node: Node, name: str) -> None:
-    """Wait while another request with the same key or id is being written."""
-    while (busy := node.inflight.get(name)) is not None:
-        await busy.wait()
+def _copy(node: Node, claim: Claim, key: str, fingerprint: str) -> Later:
+    """A keyed consume whose key is being written: the first one's answer, or its conflict."""
+    return Later(claim.pending, node.replay(claim, key, fingerprint), duplicate=True)
 
 
 # --- ops ---------------------------------------------------------------------------------------
-async def consume(node: Node, req: lr.LimitConsume) -> bytes:
+def consume(node: Node, req: lr.LimitConsume) -> Outcome:
     engine = node.engine
     key = req.key_text
     today, now = node.clock()
     charges = charges_of(req, today)
-    fingerprint = _fingerprint("limit.consume", req)
-    claim = f"key:{key}"
+    fingerprint = claim = None
     if key is not None:
-        await _once(node, claim)
+        fingerprint = _fingerprint("limit.consume", req)
         saved = engine.idempotency.lookup(key, fingerprint)
         if saved is not None:
             return envelope.encode_idempotent(saved.response, replayed=True)
-        today, now = node.clock()
-        charges = charges_of(req, today)
+        claim = "key:" + key
+        first = node.inflight.get(claim)
+        if first is not None:
+            return _copy(node, first, key, fingerprint)
     decisions = engine.limits.decide(engine.store, charges, today, now, _now_ms())
     allowed = all(d.allowed for d in decisions)
     answer = _answer(req, decisions, consume=True)
     if not allowed and key is None:
-        await _durable_so_far(node)
-        return envelope.encode_ok(answer)
+        return _after_pending(node, envelope.encode_ok(answer))
     adds = _adds(charges, today) if allowed else []
     engine.check_adds(adds)
     mutation = m.LimitApply(
@@ -184,14 +208,13 @@ async def consume(node: Node, req: lr.LimitConsume) -> bytes:
         fingerprint=None if key is None else fingerprint,
         answer=None if key is None else answer,
     )
-    if key is None:
-        await _effect(node, mutation)
-        return envelope.encode_ok(answer)
-    await _claimed(node, claim, mutation)
-    return envelope.encode_idempotent(answer, replayed=False)
+    if key is None or fingerprint is None:
+        return _effect(node, mutation, envelope.encode_ok(answer))
+    data = envelope.encode_idempotent(answer, replayed=False)
+    return _effect(node, mutation, data, claim, fingerprint)
 
 
-async def check(node: Node, req: lr.LimitCheck) -> bytes:
+def check(node: Node, req: lr.LimitCheck) -> Outcome:
     engine = node.engine
     today, now = node.clock()
     charges = charges_of(req, today)
@@ -199,11 +222,16 @@ async def check(node: Node, req: lr.LimitCheck) -> bytes:
         if charge.series not in engine.store.series and not engine.limits.knows(charge.series):
             engine.store.get(charge.series)  # not_found, as every read of a missing series
     decisions = engine.limits.decide(engine.store, charges, today, now, _now_ms())
-    await _durable_so_far(node)
-    return envelope.encode_ok(_answer(req, decisions))
+    return _after_pending(node, envelope.encode_ok(_answer(req, decisions)))
 
 
-async def reserve(node: Node, req: lr.LimitReserve) -> bytes:
+def _busy(node: Node, claim: str) -> Busy | None:
+    """Another request is writing this reservation id: this one is decided after it."""
+    first = node.inflight.get(claim)
+    return None if first is None else Busy(first.pending)
+
+
+def reserve(node: Node, req: lr.LimitReserve) -> Outcome:
     engine = node.engine
     limits = engine.limits
     hold_id = opt(req.id)
@@ -212,12 +240,11 @@ async def reserve(node: Node, req: lr.LimitReserve) -> bytes:
     charges = charges_of(req, today)
     fingerprint = _fingerprint("limit.reserve", req, req.ttl)
     claim = f"id:{hold_id}"
-    await _once(node, claim)
+    if (busy := _busy(node, claim)) is not None:
+        return busy
     replay = _known_reservation(node, hold_id, fingerprint)
     if replay is not None:
         return envelope.encode_idempotent(replay, replayed=True)
-    today, now = node.clock()
-    charges = charges_of(req, today)
     limits.check_capacity()
     now_ms = _now_ms()
     expires = now_ms + req.ttl * 1000
@@ -233,8 +260,7 @@ async def reserve(node: Node, req: lr.LimitReserve) -> bytes:
         fingerprint=fingerprint,
         answer=answer,
     )
-    await _claimed(node, claim, mutation)
-    return envelope.encode_idempotent(answer, replayed=False)
+    return _effect(node, mutation, envelope.encode_idempotent(answer, replayed=False), claim)
 
 
 def _known_reservation(node: Node, hold_id: str, fingerprint: str) -> Any:
@@ -263,12 +289,13 @@ def _not_found(hold_id: str) -> KarmaError:
     return KarmaError(ErrorCode.NOT_FOUND, f'Reservation "{hold_id}" not found')
 
 
-async def commit(node: Node, req: lr.LimitCommit) -> bytes:
+def commit(node: Node, req: lr.LimitCommit) -> Outcome:
     limits = node.engine.limits
     hold_id = opt(req.id)
     assert hold_id is not None
     claim = f"id:{hold_id}"
-    await _once(node, claim)
+    if (busy := _busy(node, claim)) is not None:
+        return busy
     fingerprint = hashlib.sha256(
         _canonical.encode(["limit.commit", opt(req.value), opt(req.values)])
     ).hexdigest()
@@ -316,8 +343,7 @@ async def commit(node: Node, req: lr.LimitCommit) -> bytes:
         fingerprint=fingerprint,
         answer=answer,
     )
-    await _claimed(node, claim, mutation)
-    return envelope.encode_idempotent(answer, replayed=False)
+    return _effect(node, mutation, envelope.encode_idempotent(answer, replayed=False), claim)
 
 
 def _committed_value(done: Settled) -> int:
@@ -339,12 +365,13 @@ def _commit_amounts(req: lr.LimitCommit, items: list[m.Add]) -> list[int]:
     return [value]
 
 
-async def void(node: Node, req: lr.LimitVoid) -> bytes:
+def void(node: Node, req: lr.LimitVoid) -> Outcome:
     limits = node.engine.limits
     hold_id = opt(req.id)
     assert hold_id is not None
     claim = f"id:{hold_id}"
-    await _once(node, claim)
+    if (busy := _busy(node, claim)) is not None:
+        return busy
     hold = limits.holds.get(hold_id)
     done = limits.settled.get(hold_id)
     _, now = node.clock()
@@ -362,9 +389,9 @@ async def void(node: Node, req: lr.LimitVoid) -> bytes:
             ErrorCode.IDEMPOTENCY_CONFLICT, f'Reservation "{hold_id}" was already {done.outcome}'
         )
     if hold.expires_at_ms <= _now_ms():  # overdue: the expiry is written first, then told
-        await _claimed(node, claim, _expiry(hold_id, now))
-        return envelope.encode_idempotent(
-            {"id": hold_id, "status": "expired", "released": 0}, replayed=True
+        told = {"id": hold_id, "status": "expired", "released": 0}
+        return _effect(
+            node, _expiry(hold_id, now), envelope.encode_idempotent(told, replayed=True), claim
         )
     answer = {"id": hold_id, "status": "voided", "released": sum(i[3] for i in hold.items)}
     mutation = m.LimitSettle(
@@ -375,22 +402,11 @@ async def void(node: Node, req: lr.LimitVoid) -> bytes:
         fingerprint=fingerprint,
         answer=answer,
     )
-    await _claimed(node, claim, mutation)
-    return envelope.encode_idempotent(answer, replayed=False)
+    return _effect(node, mutation, envelope.encode_idempotent(answer, replayed=False), claim)
 
 
 def _expiry(hold_id: str, now: int) -> m.LimitSettle:
     return m.LimitSettle(id=hold_id, outcome="expired", add=[], settled_at_unix=now)
-
-
-async def _claimed(node: Node, claim: str, mutation: m.Mutation) -> None:
-    """The effect of a keyed or id'd request: retries of the same key or id wait for it."""
-    node.inflight[claim] = done = trio.Event()
-    try:
-        await _effect(node, mutation)
-    finally:
-        del node.inflight[claim]
-        done.set()
 
 
 async def reservation(node: Node, req: lr.LimitReservation) -> bytes:
@@ -489,19 +505,27 @@ async def expire_holds(node: Node) -> None:
             if hold.id not in limits.holds:
                 continue
             _, now = node.clock()
-            try:
-                await _claimed(node, claim, _expiry(hold.id, now))
-            except KarmaError as exc:
-                node.log.warning("limit.expiry_failed", id=hold.id, error=exc.message)
-                break  # the disk refuses: try again on the next round
+            later = _effect(node, _expiry(hold.id, now), b"", claim)
+            if isinstance(later, Later):
+                with trio.CancelScope(shield=True):
+                    await later.pending.done.wait()
+                if later.pending.error is not None:
+                    error = later.pending.error.message
+                    node.log.warning("limit.expiry_failed", id=hold.id, error=error)
+                    break  # the disk refuses: try again on the next round
 
 
-HANDLERS: Final[dict[type, Callable[[Node, Any], Awaitable[bytes]]]] = {
+#: decided in one synchronous step; answered later (node.Node._decide)
+DECISIONS: Final[dict[type, Callable[[Node, Any], Outcome]]] = {
     lr.LimitConsume: consume,
     lr.LimitCheck: check,
     lr.LimitReserve: reserve,
     lr.LimitCommit: commit,
     lr.LimitVoid: void,
+}
+
+#: awaited by the connection (they read files, or only read)
+HANDLERS: Final[dict[type, Callable[[Node, Any], Awaitable[bytes]]]] = {
     lr.LimitReservation: reservation,
     lr.LimitStatus: status,
     lr.LimitSnapshotFetchChunk: snapshot_fetch_chunk,

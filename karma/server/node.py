@@ -1,17 +1,22 @@
 """One node's request handling: decode a line, admit it, answer reads, queue writes.
 
 Most requests are handled synchronously: reads are answered at once, writes are queued on the
-WAL writer and answered by the returned `Waiting` once their batch is applied. Requests that
-must wait for something first — keyed (idempotent) writes, ingest steps, file operations — go
-through `handle_async`, which the connection awaits in order.
+WAL writer and answered by the returned `Waiting` once their batch is applied. Keyed
+(idempotent) writes and limit decisions too: a key being written is claimed at once (`Claim`),
+and a copy of it is answered from the first one's outcome (`Duplicate`), so the connection
+keeps reading while they wait to be durable. Requests that must wait for something first —
+ingest steps, file operations, `term`/`durability` requests, a reservation id being settled —
+go through `handle_async`, which the connection awaits in order.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import attrs
 import trio
@@ -42,6 +47,9 @@ from karma.server.wal_writer import Pending, WalWriter
 class Waiting:
     """A write queued on the WAL writer; `answer()` once `pending.done` is set."""
 
+    #: True when `pending` is an earlier request's (a copy of a key in flight), not the newest
+    #: write of the connection: its being done says nothing of the connection's later writes
+    behind: ClassVar[bool] = False
     node: Node
     pending: Pending
     started: float
@@ -56,6 +64,56 @@ class Waiting:
             return envelope.encode_error(pending.error)
         data = envelope.encode_ok_checked(pending.response, self.node.config.max_response_bytes)
         return self.node.acknowledge(data)
+
+
+#: builds an answer from a done, successful Pending (may raise KarmaError: answered instead)
+Reply = Callable[[Pending], bytes]
+
+
+@attrs.define(eq=False)
+class Deferred(Waiting):
+    """An answer that rests on `pending` (a keyed write's own entry, a limit effect, or the
+    newest write a denial counted): once it is done, its error, or what `reply` builds."""
+
+    reply: Reply = attrs.field(kw_only=True)
+
+    def answer(self) -> bytes:
+        pending = self.pending
+        try:
+            if pending.error is not None:
+                raise pending.error
+            data = self.reply(pending)
+        except KarmaError as exc:
+            self.node.record(self.started, failed=True, request=self.request, code=exc.code)
+            return envelope.encode_error(exc)
+        self.node.record(self.started, failed=False, request=self.request)
+        return self.node.acknowledge(data)
+
+
+@attrs.define(eq=False)
+class Duplicate(Deferred):
+    """A copy of a keyed request whose key is being written: answered from the first one."""
+
+    behind: ClassVar[bool] = True
+
+
+@attrs.define(eq=False)
+class Busy(Waiting):
+    """A request naming a reservation id that another request is settling: it must be decided
+    after that one is applied (`Node.settle` waits for `pending`, then decides it again)."""
+
+    behind: ClassVar[bool] = True
+
+    def answer(self) -> bytes:
+        raise AssertionError("a Busy request is decided again, never answered as it is")
+
+
+@attrs.define(eq=False, slots=True)
+class Claim:
+    """A key or reservation id being written: the request's fingerprint and its entry."""
+
+    fingerprint: str
+    pending: Pending
 
 
 @attrs.define(eq=False)
@@ -84,8 +142,9 @@ class Node:
     #: what the op families' handlers may use (they never see the node)
     context: Context = attrs.field(init=False)
     gate: Gate = attrs.field(init=False)
-    #: keys and reservation ids being written: a retry waits for the first write's outcome
-    inflight: dict[str, trio.Event] = attrs.field(init=False, factory=dict)
+    #: keys ("key:K") and reservation ids ("id:I") being written, claimed when submitted and
+    #: dropped when the entry is done (by the writer): a copy is answered from the first one
+    inflight: dict[str, Claim] = attrs.field(init=False, factory=dict)
     _second: int = attrs.field(init=False, default=-1)
     #: --slow-request-ms in ms (inf: off)
     slow_ms: float = attrs.field(init=False, default=float("inf"))
@@ -129,23 +188,31 @@ class Node:
         return type(request) in WRITES
 
     @staticmethod
+    def decides(request: r.Request) -> bool:
+        """A limit decision: it counts pending limit effects itself, so it does not wait for
+        the connection's earlier limit requests (but does for its plain writes: connections)."""
+        return type(request) in _DECISIONS
+
+    @staticmethod
     def needs_await(request: r.Request) -> bool:
-        return Node._awaits_by_itself(request) or request.asks_term
+        return type(request) in _ASYNC_OR_SEQUENTIAL or request.asks_term
 
     @staticmethod
     def _awaits_by_itself(request: r.Request) -> bool:
-        cls = type(request)
-        return cls in _ASYNC_OR_SEQUENTIAL or (
-            request.idempotency_key is not UNSET and cls in _KEYED_CLASSES
-        )
+        return type(request) in _ASYNC_OR_SEQUENTIAL
 
     def handle(self, request: r.Request) -> bytes | Waiting:
         """Answer a read, or queue a write (its answer comes from the returned Waiting)."""
         started = time.perf_counter()
         try:
-            if type(request) in WRITES:
+            cls = type(request)
+            if cls in WRITES:
                 self._check_fence()
+                if request.idempotency_key is not UNSET and cls in _KEYED_CLASSES:
+                    return self._keyed_write(request, started)
                 return self._write(request, started)
+            if cls in _DECISIONS:
+                return self._decide(request, started)
             answer = self._read(request)
         except KarmaError as exc:
             return self._refuse(exc, started, request)
@@ -176,11 +243,7 @@ class Node:
         if self._awaits_by_itself(request):
             data = await self._handle_async(request)
         else:
-            answer = self.handle(request)
-            if isinstance(answer, Waiting):
-                await answer.pending.done.wait()
-                answer = answer.answer()
-            data = answer
+            data = await self.settle(request)
         if not envelope.succeeded(data):
             return data
         lsn = self.status.wal_current_lsn  # this write's own LSN or a later one
@@ -202,6 +265,18 @@ class Node:
             self.context.replicas.acknowledged(lsn)
         return envelope.with_term(data, self.context.ha.current_term(), lsn if write else None)
 
+    async def settle(self, request: r.Request) -> bytes:
+        """`handle`, waiting for the answer: for a reservation id being settled by another
+        request, after that one is done; for a write, until it is durable."""
+        while True:
+            answer = self.handle(request)
+            if not isinstance(answer, Waiting):
+                return answer
+            with trio.CancelScope(shield=True):  # decided is decided: the effect stays
+                await answer.pending.done.wait()
+            if not isinstance(answer, Busy):
+                return answer.answer()
+
     async def _handle_async(self, request: r.Request) -> bytes:
         started = time.perf_counter()
         try:
@@ -213,8 +288,6 @@ class Node:
                 answer = await limit_op(self, request)
                 self.record(started, failed=False, request=request)
                 return answer
-            if request.key_text is not None and optable.SPEC_BY_CLASS[cls].idempotent:
-                return await self._keyed_write(request, started)
             if cls in _SEQUENTIAL:
                 response = await self._write_and_wait(request)
                 if cls in _STREAM_STEPS:  # one line per stream step: imports are traceable
@@ -346,43 +419,98 @@ class Node:
             return mutation.response
         return await self._commit(mutation)
 
-    async def _keyed_write(self, request: r.Request, started: float) -> bytes:
+    def _keyed_write(self, request: r.Request, started: float) -> bytes | Waiting:
         """An eligible write with an idempotency key: applied once, whoever retries it.
 
-        A retry of a key still being written waits for that write's outcome instead of
-        applying again (two connections racing with one key count once).
+        The key is claimed as the write is queued; a copy of it meanwhile (this connection or
+        another) is answered from the first one's outcome instead of applying again, and
+        neither holds up its connection's later requests.
         """
         key = request.key_text
         assert key is not None
-        while True:
-            today, now = self.clock()
-            mutation = self.engine.normalize(request, today, now)
-            assert isinstance(mutation, m.Idempotent)
-            fingerprint = mutation.canon().digest()
-            claimed = r.opt(request.fingerprint)
-            if claimed is not None and str(claimed) != fingerprint:
+        today, now = self.clock()
+        mutation = self.engine.normalize(request, today, now)
+        assert isinstance(mutation, m.Idempotent)
+        fingerprint = mutation.canon().digest()
+        claimed = r.opt(request.fingerprint)
+        if claimed is not None and str(claimed) != fingerprint:
+            raise KarmaError(
+                ErrorCode.IDEMPOTENCY_CONFLICT,
+                "Field fingerprint does not match request fingerprint",
+            )
+        saved = self.engine.idempotency.lookup(key, fingerprint)
+        if saved is not None:
+            self.record(started, failed=False, request=request)
+            return envelope.encode_idempotent(saved.response, replayed=True)
+        name = "key:" + key
+        claim = self.inflight.get(name)
+        if claim is not None:
+            return Duplicate(
+                self, claim.pending, started, request, reply=self.replay(claim, key, fingerprint)
+            )
+        self.engine.check(mutation)
+        if self.writer is None:
+            response = self.engine.apply(mutation)
+            self.record(started, failed=False, request=request)
+            self._idempotent_write(started)
+            return envelope.encode_idempotent(response, replayed=False)
+        pending = self.submit(mutation, name, fingerprint)
+        return Deferred(self, pending, started, request, reply=partial(self._first_answer, started))
+
+    def _first_answer(self, started: float, pending: Pending) -> bytes:
+        self._idempotent_write(started)
+        return envelope.encode_idempotent(pending.response, replayed=False)
+
+    def _idempotent_write(self, started: float) -> None:
+        self.engine.counters.record_idempotent_write((time.perf_counter() - started) * 1000)
+
+    def submit(
+        self, mutation: m.Mutation, claim: str | None = None, fingerprint: str = ""
+    ) -> Pending:
+        """Queue `mutation` on the WAL writer; with `claim`, that key or id is taken until the
+        entry is done (the writer drops it then, whoever waits for the answer, if anyone)."""
+        assert self.writer is not None
+        pending = self.writer.submit_nowait(mutation)
+        if claim is not None:
+            taken = self.inflight[claim] = Claim(fingerprint, pending)
+            pending.on_done = partial(self._release, claim, taken)
+        return pending
+
+    def _release(self, name: str, claim: Claim) -> None:
+        if self.inflight.get(name) is claim:
+            del self.inflight[name]
+
+    def replay(self, claim: Claim, key: str, fingerprint: str) -> Reply:
+        """The answer of a copy of idempotency key `key` while `claim` writes it: the first
+        answer replayed for the same request, `idempotency_conflict` for another one (and the
+        first one's error if it failed: nothing was applied, the client retries)."""
+
+        def reply(first: Pending) -> bytes:
+            saved = self.engine.idempotency.lookup(key, fingerprint)  # a conflict raises
+            if saved is not None:
+                return envelope.encode_idempotent(saved.response, replayed=True)
+            if claim.fingerprint != fingerprint:  # the record is gone already (pruned)
                 raise KarmaError(
                     ErrorCode.IDEMPOTENCY_CONFLICT,
-                    "Field fingerprint does not match request fingerprint",
+                    "Idempotency key was already used with a different request",
                 )
-            saved = self.engine.idempotency.lookup(key, fingerprint)
-            if saved is not None:
-                self.record(started, failed=False, request=request)
-                return envelope.encode_idempotent(saved.response, replayed=True)
-            busy = self.inflight.get(key)
-            if busy is None:
-                break
-            await busy.wait()
-        self.engine.check(mutation)
-        self.inflight[key] = done = trio.Event()
-        try:
-            response = await self._commit(mutation)
-        finally:
-            del self.inflight[key]
-            done.set()
-        self.record(started, failed=False, request=request)
-        self.engine.counters.record_idempotent_write((time.perf_counter() - started) * 1000)
-        return envelope.encode_idempotent(response, replayed=False)
+            return envelope.encode_idempotent(first.response, replayed=True)
+
+        return reply
+
+    def _decide(self, request: r.Request, started: float) -> bytes | Waiting:
+        """A limit decision, made and submitted in this one synchronous step (limit_ops)."""
+        cls = type(request)
+        if optable.SPEC_BY_CLASS[cls].access is not Access.READ:
+            self._check_fence()
+        outcome = _DECISIONS[cls](self, request)
+        if isinstance(outcome, bytes):
+            self.record(started, failed=False, request=request)
+            return outcome
+        if isinstance(outcome, limit_ops.Later):
+            kind = Duplicate if outcome.duplicate else Deferred
+            return kind(self, outcome.pending, started, request, reply=outcome.reply)
+        return Busy(self, outcome.pending, started, request)
 
     # --- reads ---------------------------------------------------------------------------------
     def _read(self, request: r.Request) -> object:
@@ -437,6 +565,8 @@ _ASYNC_BY_CLASS: Final = optable.by_class(_ASYNC)
 _ASYNC_OR_SEQUENTIAL: Final = (
     frozenset(_ASYNC_BY_CLASS) | _SEQUENTIAL | frozenset(optable.by_class(limit_ops.HANDLERS))
 )
+#: limit decisions: decided and submitted synchronously, answered once durable (limit_ops)
+_DECISIONS: Final = optable.by_class(limit_ops.DECISIONS)
 _INGEST_CLASSES: Final = frozenset(
     cls for cls, tag in optable.TAG_BY_CLASS.items() if tag.startswith("ingest.")
 )

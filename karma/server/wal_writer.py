@@ -4,7 +4,9 @@ Connections submit mutations and wait. The writer takes what is queued (up to
 `--wal-batch-size`, waiting up to `--wal-batch-wait-us` for more) and assigns LSNs. A batch is
 applied to memory in LSN order only once it is written (and fsynced, with `--wal-fsync=true`),
 and every waiter of the batch is woken with its own result in the same pass. If the write
-fails, every waiter of the batch gets an error and memory is untouched.
+fails, every waiter of the batch gets an error and memory is untouched, and so does every write
+submitted behind it that is not done yet (docs/durability.md, "A failed flush"): the WAL is a
+prefix, and a limit decision behind the failed batch may have counted its effects.
 
 With fsync off the write goes to the page cache from the event loop (microseconds). With fsync
 on, batches are handed to the WAL's own thread (wal_thread.py) without waiting; it writes
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 
 import attrs
@@ -43,6 +46,16 @@ class Pending:
     apply: bool = True
     #: an entry copied from the master (the fence does not apply: the master acked it)
     replicated: bool = False
+    #: the writer's count of failed flushes when this was submitted: one submitted before a
+    #: flush failed is behind the failed batch, and is failed with it (`_fail_behind`)
+    epoch: int = 0
+    #: called once `done` is set, by the writer (the node drops the claim of a keyed write)
+    on_done: Callable[[], None] | None = None
+
+    def finish(self) -> None:
+        self.done.set()
+        if self.on_done is not None:
+            self.on_done()
 
 
 Batch = list[Pending]
@@ -83,6 +96,11 @@ class WalWriter:
     lost: trio.Event = attrs.field(init=False, factory=trio.Event)
     #: the newest write submitted: a denial that writes nothing waits for it (limit_ops)
     _last: Pending | None = attrs.field(init=False, default=None)
+    #: flushes that failed so far (the epoch of new Pendings); the batch being gathered and
+    #: the batches handed to the thread and not back yet: what a failed flush fails behind it
+    _failures: int = attrs.field(init=False, default=0)
+    _forming: Batch = attrs.field(init=False, factory=list)
+    _handed: deque[Append[Batch]] = attrs.field(init=False, factory=deque)
     #: batches written (with fsync on: fdatasync calls, each for every batch handed over)
     batches: int = 0
     #: HA (--ha-etcd): client writes are logged and acknowledged only while the fence is open
@@ -100,7 +118,7 @@ class WalWriter:
     def submit_nowait(
         self, mutation: m.Mutation, *, apply: bool = True, replicated: bool = False
     ) -> Pending:
-        pending = Pending(mutation, apply=apply, replicated=replicated)
+        pending = Pending(mutation, apply=apply, replicated=replicated, epoch=self._failures)
         self._send.send_nowait(pending)
         if not self._queued:
             self._oldest_s = time.perf_counter()  # once per batch, for karma_wal_batch_wait
@@ -115,6 +133,13 @@ class WalWriter:
             return None
         await last.done.wait()
         return last.error
+
+    def unfinished(self) -> Pending | None:
+        """The newest write submitted, while it is not done yet: a decision that writes nothing
+        but counted pending effects is answered once it is (every earlier write is done then,
+        as batches finish in queue order), with its error if it failed."""
+        last = self._last
+        return None if last is None or last.done.is_set() else last
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._next_lsn = self._thread.next_lsn = self.status.wal_current_lsn + 1
@@ -135,16 +160,20 @@ class WalWriter:
             with trio.CancelScope(shield=True):
                 # a dequeued batch is finished even at shutdown: its clients are waiting
                 async with self._file_lock:
-                    if self.wal.fsync:
+                    batch = self._current(batch)
+                    if not batch:
+                        pass  # all of it was behind a failed flush, and failed with it
+                    elif self.wal.fsync:
                         self._hand(batch, since)
                     else:
                         self._write(batch, since)
+            self._forming = []
             self._busy = False
 
     async def _gather(self) -> tuple[Batch, float]:
         """The next batch, once other ready connections had their turn to add to it, and when
         its oldest write was submitted."""
-        batch = [await self._receive.receive()]
+        self._forming = batch = [await self._receive.receive()]
         self._busy = True
         await trio.lowlevel.checkpoint()  # let other ready connections queue their writes
         self._drain(batch)
@@ -209,7 +238,9 @@ class WalWriter:
         try:
             rotated = self.wal.append(data, starts)
         except OSError as exc:
-            self._fail(batch, self._failed(exc, len(batch)))
+            error = self._failure = self._failed(exc, len(batch))
+            self._fail(batch, error)
+            self._fail_behind(error)
             return
         stats = self.status.wal_batches
         stats.entries.observe(len(batch))
@@ -230,7 +261,9 @@ class WalWriter:
         if not self._out:
             self._settled = trio.Event()
         self._out += 1
-        self._thread.append(Append(first, len(batch), data, starts, batch, since))
+        append = Append(first, len(batch), data, starts, batch, since)
+        self._handed.append(append)
+        self._thread.append(append)
 
     def _written(self, written: Written[Batch]) -> None:
         """On the event loop (the WAL thread's run_sync_soon): apply and answer, or fail.
@@ -250,6 +283,8 @@ class WalWriter:
 
     def _settle(self, written: Written[Batch]) -> None:
         self._observe(written)
+        for _ in written.appends:
+            self._handed.popleft()  # they come back in the order they were handed over
         entries = written.entries
         if written.error is None:
             self._logged(written.rotated, written.appends[0].first, entries, written.wal_bytes)
@@ -264,6 +299,8 @@ class WalWriter:
             self._next_lsn = self.status.wal_current_lsn + 1
         for append in written.appends:
             self._fail(append.payload, error)
+        if not written.refused:
+            self._fail_behind(error)
 
     def _observe(self, written: Written[Batch]) -> None:
         if written.refused:
@@ -359,9 +396,38 @@ class WalWriter:
     def _fail(self, batch: Batch, error: KarmaError) -> None:
         """The batch was not written: every waiter gets `error`, nothing was applied."""
         for pending in batch:
+            if pending.done.is_set():
+                continue  # failed already, behind an earlier failed flush
             self.engine.limits.unpend(pending.mutation)  # a limit effect no longer pending
             pending.error = error
-            pending.done.set()
+            pending.finish()
+
+    def _fail_behind(self, error: KarmaError) -> None:
+        """A flush failed: fail, in queue order, every write submitted before now that is not
+        done — the batches handed to the thread after it, the batch being gathered, the queue.
+
+        They are behind the failed batch in the WAL, and were decided while its effects were
+        pending: a limit decision among them may have counted them (docs/durability.md, "A
+        failed flush"). None is acknowledged, none is applied; a decision made from now on
+        sees the effects unpended. Failed at once, in one pass, so they finish in queue order.
+        """
+        self._failures += 1
+        for append in self._handed:
+            self._fail(append.payload, error)
+        self._fail(self._forming, error)
+        while True:
+            try:
+                pending = self._receive.receive_nowait()
+            except trio.WouldBlock:
+                break
+            self._queued -= 1
+            self._fail([pending], error)
+
+    def _current(self, batch: Batch) -> Batch:
+        """`batch` without the writes failed behind a failed flush while it was gathered."""
+        if batch[0].epoch == self._failures:  # submitted in order: the first is the oldest
+            return batch
+        return [pending for pending in batch if pending.epoch == self._failures]
 
     def _fenced(self, batch: Batch) -> Batch:
         """`batch` without the client writes the fence refuses now (they are answered)."""
@@ -375,7 +441,7 @@ class WalWriter:
                 continue
             self.engine.limits.unpend(pending.mutation)
             pending.error = fence.refusal()  # nothing written, nothing applied
-            pending.done.set()
+            pending.finish()
         return kept
 
     def _late(self, pending: Pending) -> bool:
@@ -387,7 +453,7 @@ class WalWriter:
         """The batch is logged: apply it in LSN order and wake every waiter, in one pass."""
         for pending in batch:
             if not pending.apply:
-                pending.done.set()
+                pending.finish()
                 continue
             try:
                 pending.response = self.engine.apply(pending.mutation)
@@ -404,3 +470,5 @@ class WalWriter:
                 self.engine.limits.unpend(pending.mutation)
                 pending.error = KarmaError.internal()
             pending.done.set()
+            if pending.on_done is not None:  # inline: this loop is the hot path of every write
+                pending.on_done()
