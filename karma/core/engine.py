@@ -87,16 +87,24 @@ class Engine:
             self.store.check(mutation)
         return mutation if answer is None else Immediate(answer)
 
-    def apply(self, mutation: m.Mutation, *, checked: bool = False) -> object:
+    def apply(
+        self, mutation: m.Mutation, *, checked: bool = False, canon: tuple[str, str] | None = None
+    ) -> object:
+        """Apply a logged mutation; a keyed one is remembered under `canon` (the command and
+        fingerprint of `mutation.canon()`) when the caller worked it out already."""
         response = self._apply(mutation, checked=checked)
         key = getattr(mutation, "idempotency_key", None)  # declared by Idempotent mutations
         if key is not None and isinstance(mutation, m.Idempotent):  # limit effects remember
-            self._remember(mutation, key, response)  # their own record (_apply_limit)
+            self._remember(mutation, key, response, canon)  # their own (_apply_limit)
         return response
 
-    def _remember(self, mutation: m.Idempotent, key: str, response: object) -> None:
-        canon = mutation.canon()
-        record = Record(key, canon.command, canon.digest(), response, mutation.idem_created())
+    def _remember(
+        self, mutation: m.Idempotent, key: str, response: object, canon: tuple[str, str] | None
+    ) -> None:
+        if canon is None:
+            made = mutation.canon()
+            canon = made.command, made.digest()
+        record = Record(key, canon[0], canon[1], response, mutation.idem_created())
         self.idempotency.remember(record)
 
     def _apply(self, mutation: m.Mutation, *, checked: bool = False) -> object:
@@ -218,7 +226,7 @@ class Engine:
         elif isinstance(mutation, m.Idempotent) and (key := mutation.idem_key()) is not None:
             response = _known_response(mutation)
             if response is not None:  # resets and range deletes repeat harmlessly without one
-                self._remember(mutation, key, response)
+                self._remember(mutation, key, response, None)
 
     def _batch_write(self, size: int) -> None:
         self.counters.batch_write_count += 1

@@ -174,7 +174,7 @@ async def serve(
                 await services.start(follower.run)
             elif config.role is Role.MASTER:
                 # holds expire by the master's clock, through the WAL: replicas follow it
-                services.start_soon(limit_ops.expire_holds, node)
+                services.start_soon(limit_ops.expire_holds, node.context)
             if config.snapshot_interval_seconds:
                 services.start_soon(snapshots.serve_interval, config.snapshot_interval_seconds)
             async with trio.open_nursery() as connections:

@@ -7,6 +7,7 @@ this context, so none of them imports the node back.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,14 @@ import attrs
 import trio
 from prometheus_client import CollectorRegistry
 
+from karma import days
 from karma.config import Config
 from karma.core.counters import NodeStatus, SlowLog
 from karma.core.engine import Engine
 from karma.ha.fence import Fence
 from karma.ha.rules import TermStart
 from karma.observability.logs import Logger
+from karma.server.claims import Claims
 from karma.server.replicas import Replicas
 from karma.server.snapshotter import Snapshotter
 from karma.server.wal_writer import WalWriter
@@ -61,6 +64,21 @@ class Context:
     #: the karma_* families of system.metrics (made on first use, by system_ops)
     karma_metrics: CollectorRegistry | None = None
     _files: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(2))
+
+    #: keys and reservation ids being written (made from the engine and the writer)
+    claims: Claims = attrs.field(init=False)
+    _second: int = attrs.field(init=False, default=-1)
+    _today: int = attrs.field(init=False, default=0)
+
+    def __attrs_post_init__(self) -> None:
+        self.claims = Claims(self.engine, self.writer)
+
+    def clock(self) -> tuple[int, int]:
+        """(today's UTC day bucket, Unix seconds); the day is worked out once per second."""
+        now = int(time.time())
+        if now != self._second:
+            self._second, self._today = now, days.today_from_unix(now)
+        return self._today, now
 
     async def in_thread(self, fn: Callable[..., Any], *args: object) -> Any:
         """Blocking file work off the event loop (at most two at once)."""

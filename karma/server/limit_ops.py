@@ -15,7 +15,7 @@ import base64
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import attrs
 import msgspec
@@ -28,11 +28,10 @@ from karma.errors import ErrorCode, KarmaError
 from karma.protocol import envelope
 from karma.protocol.requests import limits as lr
 from karma.protocol.requests import opt
+from karma.server.claims import Claim
+from karma.server.context import Context
 from karma.server.wal_writer import Pending
 from karma.storage import files, snapshot_files
-
-if TYPE_CHECKING:
-    from karma.server.node import Claim, Node
 
 _canonical: Final = msgspec.json.Encoder(order="sorted")
 
@@ -155,34 +154,34 @@ def _constant(data: bytes) -> Callable[[Pending], bytes]:
 
 
 def _effect(
-    node: Node, mutation: m.Mutation, data: bytes, claim: str | None = None, fingerprint: str = ""
+    ctx: Context, mutation: m.Mutation, data: bytes, claim: str | None = None, fingerprint: str = ""
 ) -> bytes | Later:
     """Submit one effect, answered `data` once applied; until then it counts as pending."""
-    engine = node.engine
-    if node.writer is None:
+    engine = ctx.engine
+    if ctx.writer is None:
         engine.apply(mutation)
         return data
     engine.limits.pend(mutation)  # applied (or failed) batches unpend it in the writer
-    return Later(node.submit(mutation, claim, fingerprint), _constant(data))
+    return Later(ctx.claims.submit(mutation, claim, fingerprint), _constant(data))
 
 
-def _after_pending(node: Node, data: bytes) -> bytes | Later:
+def _after_pending(ctx: Context, data: bytes) -> bytes | Later:
     """A denial writes nothing, but it may rest on pending effects: answer once they are in
     (with their error if they failed)."""
-    last = None if node.writer is None else node.writer.unfinished()
+    last = None if ctx.writer is None else ctx.writer.unfinished()
     return data if last is None else Later(last, _constant(data))
 
 
-def _copy(node: Node, claim: Claim, key: str, fingerprint: str) -> Later:
+def _copy(ctx: Context, claim: Claim, key: str, fingerprint: str) -> Later:
     """A keyed consume whose key is being written: the first one's answer, or its conflict."""
-    return Later(claim.pending, node.replay(claim, key, fingerprint), duplicate=True)
+    return Later(claim.pending, ctx.claims.replay(claim, key, fingerprint), duplicate=True)
 
 
 # --- ops ---------------------------------------------------------------------------------------
-def consume(node: Node, req: lr.LimitConsume) -> Outcome:
-    engine = node.engine
+def consume(ctx: Context, req: lr.LimitConsume) -> Outcome:
+    engine = ctx.engine
     key = req.key_text
-    today, now = node.clock()
+    today, now = ctx.clock()
     charges = charges_of(req, today)
     fingerprint = claim = None
     if key is not None:
@@ -191,14 +190,14 @@ def consume(node: Node, req: lr.LimitConsume) -> Outcome:
         if saved is not None:
             return envelope.encode_idempotent(saved.response, replayed=True)
         claim = "key:" + key
-        first = node.inflight.get(claim)
+        first = ctx.claims.get(claim)
         if first is not None:
-            return _copy(node, first, key, fingerprint)
+            return _copy(ctx, first, key, fingerprint)
     decisions = engine.limits.decide(engine.store, charges, today, now, _now_ms())
     allowed = all(d.allowed for d in decisions)
     answer = _answer(req, decisions, consume=True)
     if not allowed and key is None:
-        return _after_pending(node, envelope.encode_ok(answer))
+        return _after_pending(ctx, envelope.encode_ok(answer))
     adds = _adds(charges, today) if allowed else []
     engine.check_adds(adds)
     mutation = m.LimitApply(
@@ -209,40 +208,40 @@ def consume(node: Node, req: lr.LimitConsume) -> Outcome:
         answer=None if key is None else answer,
     )
     if key is None or fingerprint is None:
-        return _effect(node, mutation, envelope.encode_ok(answer))
+        return _effect(ctx, mutation, envelope.encode_ok(answer))
     data = envelope.encode_idempotent(answer, replayed=False)
-    return _effect(node, mutation, data, claim, fingerprint)
+    return _effect(ctx, mutation, data, claim, fingerprint)
 
 
-def check(node: Node, req: lr.LimitCheck) -> Outcome:
-    engine = node.engine
-    today, now = node.clock()
+def check(ctx: Context, req: lr.LimitCheck) -> Outcome:
+    engine = ctx.engine
+    today, now = ctx.clock()
     charges = charges_of(req, today)
     for charge in charges:
         if charge.series not in engine.store.series and not engine.limits.knows(charge.series):
             engine.store.get(charge.series)  # not_found, as every read of a missing series
     decisions = engine.limits.decide(engine.store, charges, today, now, _now_ms())
-    return _after_pending(node, envelope.encode_ok(_answer(req, decisions)))
+    return _after_pending(ctx, envelope.encode_ok(_answer(req, decisions)))
 
 
-def _busy(node: Node, claim: str) -> Busy | None:
+def _busy(ctx: Context, claim: str) -> Busy | None:
     """Another request is writing this reservation id: this one is decided after it."""
-    first = node.inflight.get(claim)
+    first = ctx.claims.get(claim)
     return None if first is None else Busy(first.pending)
 
 
-def reserve(node: Node, req: lr.LimitReserve) -> Outcome:
-    engine = node.engine
+def reserve(ctx: Context, req: lr.LimitReserve) -> Outcome:
+    engine = ctx.engine
     limits = engine.limits
     hold_id = opt(req.id)
     assert hold_id is not None
-    today, now = node.clock()
+    today, now = ctx.clock()
     charges = charges_of(req, today)
     fingerprint = _fingerprint("limit.reserve", req, req.ttl)
     claim = f"id:{hold_id}"
-    if (busy := _busy(node, claim)) is not None:
+    if (busy := _busy(ctx, claim)) is not None:
         return busy
-    replay = _known_reservation(node, hold_id, fingerprint)
+    replay = _known_reservation(ctx, hold_id, fingerprint)
     if replay is not None:
         return envelope.encode_idempotent(replay, replayed=True)
     limits.check_capacity()
@@ -260,11 +259,11 @@ def reserve(node: Node, req: lr.LimitReserve) -> Outcome:
         fingerprint=fingerprint,
         answer=answer,
     )
-    return _effect(node, mutation, envelope.encode_idempotent(answer, replayed=False), claim)
+    return _effect(ctx, mutation, envelope.encode_idempotent(answer, replayed=False), claim)
 
 
-def _known_reservation(node: Node, hold_id: str, fingerprint: str) -> Any:
-    limits = node.engine.limits
+def _known_reservation(ctx: Context, hold_id: str, fingerprint: str) -> Any:
+    limits = ctx.engine.limits
     hold = limits.holds.get(hold_id)
     if hold is not None:
         if hold.fingerprint != fingerprint:
@@ -289,19 +288,19 @@ def _not_found(hold_id: str) -> KarmaError:
     return KarmaError(ErrorCode.NOT_FOUND, f'Reservation "{hold_id}" not found')
 
 
-def commit(node: Node, req: lr.LimitCommit) -> Outcome:
-    limits = node.engine.limits
+def commit(ctx: Context, req: lr.LimitCommit) -> Outcome:
+    limits = ctx.engine.limits
     hold_id = opt(req.id)
     assert hold_id is not None
     claim = f"id:{hold_id}"
-    if (busy := _busy(node, claim)) is not None:
+    if (busy := _busy(ctx, claim)) is not None:
         return busy
     fingerprint = hashlib.sha256(
         _canonical.encode(["limit.commit", opt(req.value), opt(req.values)])
     ).hexdigest()
     hold = limits.holds.get(hold_id)
     done = limits.settled.get(hold_id)
-    _, now = node.clock()
+    _, now = ctx.clock()
     if hold is None:
         if done is None:
             raise _not_found(hold_id)
@@ -334,7 +333,7 @@ def commit(node: Node, req: lr.LimitCommit) -> Outcome:
         "released": 0 if late else max(0, held - value),
         "over_reserved": 0 if late else max(0, value - held),
     }
-    node.engine.check_adds(add)
+    ctx.engine.check_adds(add)
     mutation = m.LimitSettle(
         id=hold_id,
         outcome="committed_late" if late else "committed",
@@ -343,7 +342,7 @@ def commit(node: Node, req: lr.LimitCommit) -> Outcome:
         fingerprint=fingerprint,
         answer=answer,
     )
-    return _effect(node, mutation, envelope.encode_idempotent(answer, replayed=False), claim)
+    return _effect(ctx, mutation, envelope.encode_idempotent(answer, replayed=False), claim)
 
 
 def _committed_value(done: Settled) -> int:
@@ -365,16 +364,16 @@ def _commit_amounts(req: lr.LimitCommit, items: list[m.Add]) -> list[int]:
     return [value]
 
 
-def void(node: Node, req: lr.LimitVoid) -> Outcome:
-    limits = node.engine.limits
+def void(ctx: Context, req: lr.LimitVoid) -> Outcome:
+    limits = ctx.engine.limits
     hold_id = opt(req.id)
     assert hold_id is not None
     claim = f"id:{hold_id}"
-    if (busy := _busy(node, claim)) is not None:
+    if (busy := _busy(ctx, claim)) is not None:
         return busy
     hold = limits.holds.get(hold_id)
     done = limits.settled.get(hold_id)
-    _, now = node.clock()
+    _, now = ctx.clock()
     fingerprint = "void"
     if hold is None:
         if done is None:
@@ -391,7 +390,7 @@ def void(node: Node, req: lr.LimitVoid) -> Outcome:
     if hold.expires_at_ms <= _now_ms():  # overdue: the expiry is written first, then told
         told = {"id": hold_id, "status": "expired", "released": 0}
         return _effect(
-            node, _expiry(hold_id, now), envelope.encode_idempotent(told, replayed=True), claim
+            ctx, _expiry(hold_id, now), envelope.encode_idempotent(told, replayed=True), claim
         )
     answer = {"id": hold_id, "status": "voided", "released": sum(i[3] for i in hold.items)}
     mutation = m.LimitSettle(
@@ -402,15 +401,15 @@ def void(node: Node, req: lr.LimitVoid) -> Outcome:
         fingerprint=fingerprint,
         answer=answer,
     )
-    return _effect(node, mutation, envelope.encode_idempotent(answer, replayed=False), claim)
+    return _effect(ctx, mutation, envelope.encode_idempotent(answer, replayed=False), claim)
 
 
 def _expiry(hold_id: str, now: int) -> m.LimitSettle:
     return m.LimitSettle(id=hold_id, outcome="expired", add=[], settled_at_unix=now)
 
 
-async def reservation(node: Node, req: lr.LimitReservation) -> bytes:
-    limits = node.engine.limits
+async def reservation(ctx: Context, req: lr.LimitReservation) -> bytes:
+    limits = ctx.engine.limits
     hold_id = opt(req.id)
     assert hold_id is not None
     hold = limits.holds.get(hold_id)
@@ -444,9 +443,9 @@ def _item(add: m.Add) -> dict[str, Any]:
     return {"series": series, "key": key, "bucket": bucket, "amount": amount}
 
 
-async def status(node: Node, req: lr.LimitStatus) -> bytes:
-    limits = node.engine.limits
-    meta = await trio.to_thread.run_sync(snapshot_files.limits_meta, node.context.directory)
+async def status(ctx: Context, req: lr.LimitStatus) -> bytes:
+    limits = ctx.engine.limits
+    meta = await trio.to_thread.run_sync(snapshot_files.limits_meta, ctx.directory)
     return envelope.encode_ok(
         {
             "open_reservations": len(limits.holds),
@@ -458,9 +457,9 @@ async def status(node: Node, req: lr.LimitStatus) -> bytes:
     )
 
 
-async def snapshot_fetch_chunk(node: Node, req: lr.LimitSnapshotFetchChunk) -> bytes:
-    path = node.context.directory / snapshot_files.LIMITS
-    meta = await trio.to_thread.run_sync(snapshot_files.limits_meta, node.context.directory)
+async def snapshot_fetch_chunk(ctx: Context, req: lr.LimitSnapshotFetchChunk) -> bytes:
+    path = ctx.directory / snapshot_files.LIMITS
+    meta = await trio.to_thread.run_sync(snapshot_files.limits_meta, ctx.directory)
     if meta is None:
         raise KarmaError(ErrorCode.NOT_FOUND, "Limits snapshot not found")
     try:
@@ -487,16 +486,16 @@ async def snapshot_fetch_chunk(node: Node, req: lr.LimitSnapshotFetchChunk) -> b
     )
 
 
-async def expire_holds(node: Node) -> None:
+async def expire_holds(ctx: Context) -> None:
     """The master's sweeper: write the expiry of every overdue hold (slaves never expire)."""
     while True:
-        limits = node.engine.limits
+        limits = ctx.engine.limits
         next_ms = limits.next_expiry_ms()
         wait = 1.0 if next_ms is None else max(0.0, (next_ms - _now_ms()) / 1000)
         await trio.sleep(min(wait, 1.0))  # new holds may expire sooner than the one we knew
         for hold in limits.overdue(_now_ms()):
             claim = f"id:{hold.id}"
-            if claim in node.inflight:
+            if claim in ctx.claims.inflight:
                 continue  # a commit or void is settling it right now
             # The list was taken before this loop's first await: a commit or void may have
             # settled this hold since. An expiry written after it would overwrite the
@@ -504,19 +503,19 @@ async def expire_holds(node: Node) -> None:
             # its usage a second time (found by tests/process/test_limits_race.py).
             if hold.id not in limits.holds:
                 continue
-            _, now = node.clock()
-            later = _effect(node, _expiry(hold.id, now), b"", claim)
+            _, now = ctx.clock()
+            later = _effect(ctx, _expiry(hold.id, now), b"", claim)
             if isinstance(later, Later):
                 with trio.CancelScope(shield=True):
                     await later.pending.done.wait()
                 if later.pending.error is not None:
                     error = later.pending.error.message
-                    node.log.warning("limit.expiry_failed", id=hold.id, error=error)
+                    ctx.log.warning("limit.expiry_failed", id=hold.id, error=error)
                     break  # the disk refuses: try again on the next round
 
 
-#: decided in one synchronous step; answered later (node.Node._decide)
-DECISIONS: Final[dict[type, Callable[[Node, Any], Outcome]]] = {
+#: decided in one synchronous step; answered later (ctx.Node._decide)
+DECISIONS: Final[dict[type, Callable[[Context, Any], Outcome]]] = {
     lr.LimitConsume: consume,
     lr.LimitCheck: check,
     lr.LimitReserve: reserve,
@@ -525,7 +524,7 @@ DECISIONS: Final[dict[type, Callable[[Node, Any], Outcome]]] = {
 }
 
 #: awaited by the connection (they read files, or only read)
-HANDLERS: Final[dict[type, Callable[[Node, Any], Awaitable[bytes]]]] = {
+HANDLERS: Final[dict[type, Callable[[Context, Any], Awaitable[bytes]]]] = {
     lr.LimitReservation: reservation,
     lr.LimitStatus: status,
     lr.LimitSnapshotFetchChunk: snapshot_fetch_chunk,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Final
@@ -22,7 +21,6 @@ import attrs
 import trio
 from msgspec import UNSET
 
-from karma import days
 from karma.config import Config, Role
 from karma.core import mutations as m
 from karma.core.budget import AnyBudget, Budget, Unlimited
@@ -37,6 +35,7 @@ from karma.protocol.decode import decode
 from karma.protocol.gate import Gate
 from karma.protocol.optable import Access
 from karma.server import limit_ops, recovery_ops, replication_ops, snapshot_ops, system_ops
+from karma.server.claims import Reply
 from karma.server.context import AsyncHandler, Context, SyncHandler
 from karma.server.replication_ops import LongPoll
 from karma.server.snapshotter import Snapshotter
@@ -64,10 +63,6 @@ class Waiting:
             return envelope.encode_error(pending.error)
         data = envelope.encode_ok_checked(pending.response, self.node.config.max_response_bytes)
         return self.node.acknowledge(data)
-
-
-#: builds an answer from a done, successful Pending (may raise KarmaError: answered instead)
-Reply = Callable[[Pending], bytes]
 
 
 @attrs.define(eq=False)
@@ -108,14 +103,6 @@ class Busy(Waiting):
         raise AssertionError("a Busy request is decided again, never answered as it is")
 
 
-@attrs.define(eq=False, slots=True)
-class Claim:
-    """A key or reservation id being written: the request's fingerprint and its entry."""
-
-    fingerprint: str
-    pending: Pending
-
-
 @attrs.define(eq=False)
 class Acknowledgement:
     """A write's answer, built: on an HA node it is checked against the fence once more when
@@ -142,13 +129,8 @@ class Node:
     #: what the op families' handlers may use (they never see the node)
     context: Context = attrs.field(init=False)
     gate: Gate = attrs.field(init=False)
-    #: keys ("key:K") and reservation ids ("id:I") being written, claimed when submitted and
-    #: dropped when the entry is done (by the writer): a copy is answered from the first one
-    inflight: dict[str, Claim] = attrs.field(init=False, factory=dict)
-    _second: int = attrs.field(init=False, default=-1)
     #: --slow-request-ms in ms (inf: off)
     slow_ms: float = attrs.field(init=False, default=float("inf"))
-    _today: int = attrs.field(init=False, default=0)
 
     def __attrs_post_init__(self) -> None:
         directory = Path(self.config.directory).resolve()
@@ -285,7 +267,7 @@ class Node:
                 self._check_fence()
             limit_op = limit_ops.HANDLERS.get(cls)
             if limit_op is not None:
-                answer = await limit_op(self, request)
+                answer = await limit_op(self.context, request)
                 self.record(started, failed=False, request=request)
                 return answer
             if cls in _SEQUENTIAL:
@@ -378,15 +360,8 @@ class Node:
 
     # --- writes --------------------------------------------------------------------------------
     def _mutation(self, request: r.Request) -> m.Mutation | Immediate:
-        today, now = self.clock()
+        today, now = self.context.clock()
         return self.engine.mutation_for(request, today, now, logged=self.writer is not None)
-
-    def clock(self) -> tuple[int, int]:
-        """(today's UTC day bucket, Unix seconds); the day is worked out once per second."""
-        now = int(time.time())
-        if now != self._second:
-            self._second, self._today = now, days.today_from_unix(now)
-        return self._today, now
 
     def _write(self, request: r.Request, started: float) -> bytes | Waiting:
         mutation = self._mutation(request)
@@ -428,10 +403,11 @@ class Node:
         """
         key = request.key_text
         assert key is not None
-        today, now = self.clock()
+        today, now = self.context.clock()
         mutation = self.engine.normalize(request, today, now)
         assert isinstance(mutation, m.Idempotent)
-        fingerprint = mutation.canon().digest()
+        canon = mutation.canon()
+        fingerprint = canon.digest()
         claimed = r.opt(request.fingerprint)
         if claimed is not None and str(claimed) != fingerprint:
             raise KarmaError(
@@ -443,10 +419,14 @@ class Node:
             self.record(started, failed=False, request=request)
             return envelope.encode_idempotent(saved.response, replayed=True)
         name = "key:" + key
-        claim = self.inflight.get(name)
+        claim = self.context.claims.get(name)
         if claim is not None:
             return Duplicate(
-                self, claim.pending, started, request, reply=self.replay(claim, key, fingerprint)
+                self,
+                claim.pending,
+                started,
+                request,
+                reply=self.context.claims.replay(claim, key, fingerprint),
             )
         self.engine.check(mutation)
         if self.writer is None:
@@ -454,7 +434,7 @@ class Node:
             self.record(started, failed=False, request=request)
             self._idempotent_write(started)
             return envelope.encode_idempotent(response, replayed=False)
-        pending = self.submit(mutation, name, fingerprint)
+        pending = self.context.claims.submit(mutation, name, fingerprint, canon.command)
         return Deferred(self, pending, started, request, reply=partial(self._first_answer, started))
 
     def _first_answer(self, started: float, pending: Pending) -> bytes:
@@ -464,46 +444,12 @@ class Node:
     def _idempotent_write(self, started: float) -> None:
         self.engine.counters.record_idempotent_write((time.perf_counter() - started) * 1000)
 
-    def submit(
-        self, mutation: m.Mutation, claim: str | None = None, fingerprint: str = ""
-    ) -> Pending:
-        """Queue `mutation` on the WAL writer; with `claim`, that key or id is taken until the
-        entry is done (the writer drops it then, whoever waits for the answer, if anyone)."""
-        assert self.writer is not None
-        pending = self.writer.submit_nowait(mutation)
-        if claim is not None:
-            taken = self.inflight[claim] = Claim(fingerprint, pending)
-            pending.on_done = partial(self._release, claim, taken)
-        return pending
-
-    def _release(self, name: str, claim: Claim) -> None:
-        if self.inflight.get(name) is claim:
-            del self.inflight[name]
-
-    def replay(self, claim: Claim, key: str, fingerprint: str) -> Reply:
-        """The answer of a copy of idempotency key `key` while `claim` writes it: the first
-        answer replayed for the same request, `idempotency_conflict` for another one (and the
-        first one's error if it failed: nothing was applied, the client retries)."""
-
-        def reply(first: Pending) -> bytes:
-            saved = self.engine.idempotency.lookup(key, fingerprint)  # a conflict raises
-            if saved is not None:
-                return envelope.encode_idempotent(saved.response, replayed=True)
-            if claim.fingerprint != fingerprint:  # the record is gone already (pruned)
-                raise KarmaError(
-                    ErrorCode.IDEMPOTENCY_CONFLICT,
-                    "Idempotency key was already used with a different request",
-                )
-            return envelope.encode_idempotent(first.response, replayed=True)
-
-        return reply
-
     def _decide(self, request: r.Request, started: float) -> bytes | Waiting:
         """A limit decision, made and submitted in this one synchronous step (limit_ops)."""
         cls = type(request)
         if optable.SPEC_BY_CLASS[cls].access is not Access.READ:
             self._check_fence()
-        outcome = _DECISIONS[cls](self, request)
+        outcome = _DECISIONS[cls](self.context, request)
         if isinstance(outcome, bytes):
             self.record(started, failed=False, request=request)
             return outcome

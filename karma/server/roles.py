@@ -112,7 +112,7 @@ class ServerRoles:
         await self._adopt(history)
         self.node.gate = attrs.evolve(self.node.gate, slave=False)
         self.status.role = str(Role.MASTER)
-        self._sweeper = self._start(limit_ops.expire_holds, self.node)[0]
+        self._sweeper = self._start(limit_ops.expire_holds, self.node.context)[0]
         self.log.info("ha.role", role="master", term=term, lsn=self.lsn())
 
     async def follow(

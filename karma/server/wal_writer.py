@@ -51,6 +51,9 @@ class Pending:
     epoch: int = 0
     #: called once `done` is set, by the writer (the node drops the claim of a keyed write)
     on_done: Callable[[], None] | None = None
+    #: a keyed write's (command, fingerprint), worked out once when it was decided: its
+    #: idempotency record is made from them instead of hashing the request again
+    canon: tuple[str, str] | None = None
 
     def finish(self) -> None:
         self.done.set()
@@ -116,9 +119,15 @@ class WalWriter:
         self._settled.set()
 
     def submit_nowait(
-        self, mutation: m.Mutation, *, apply: bool = True, replicated: bool = False
+        self,
+        mutation: m.Mutation,
+        canon: tuple[str, str] | None = None,
+        *,
+        apply: bool = True,
+        replicated: bool = False,
     ) -> Pending:
         pending = Pending(mutation, apply=apply, replicated=replicated, epoch=self._failures)
+        pending.canon = canon
         self._send.send_nowait(pending)
         if not self._queued:
             self._oldest_s = time.perf_counter()  # once per batch, for karma_wal_batch_wait
@@ -456,7 +465,7 @@ class WalWriter:
                 pending.finish()
                 continue
             try:
-                pending.response = self.engine.apply(pending.mutation)
+                pending.response = self.engine.apply(pending.mutation, canon=pending.canon)
                 if self._late(pending):
                     assert self.fence is not None
                     # logged and applied, but the lease may be gone: the outcome is unknown

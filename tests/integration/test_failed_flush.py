@@ -137,7 +137,7 @@ async def test_a_failed_flush_fails_the_pipelined_decisions_behind_it_and_a_deni
     answers = [await client.reply() for _ in range(13)]
     assert [a["error_code"] for a in answers] == ["storage_unavailable"] * 13, answers
     assert server.node.engine.limits._pending == {}  # nothing left counted as pending
-    assert server.node.inflight == {}  # every claim dropped
+    assert server.node.context.claims.inflight == {}  # every claim dropped
     await client.send_raw(b"".join(consume(k) for k in keys))
     again = [await client.reply() for _ in keys]
     used = [a["response"]["used"] for a in again if a["response"]["allowed"]]
