@@ -27,7 +27,8 @@ import attrs
 import trio
 
 from karma.ha import rules
-from karma.ha.etcd import EtcdClient, EtcdError, Lease, RangeResult
+from karma.ha.etcd_client import EtcdClient
+from karma.ha.etcd_wire import EtcdError, Lease, RangeResult
 from karma.ha.fence import Fence
 from karma.observability.logs import Logger
 from karma.server.replicas import Replicas
