@@ -27,7 +27,8 @@ from karma.core.counters import NodeStatus
 from karma.ha import rules
 from karma.observability.logs import Logger
 from karma.server import limit_ops
-from karma.server.follower_task import Follower, MasterLink, ReplicationError, move_wal_aside
+from karma.server.follower_task import Follower, move_wal_aside
+from karma.server.master_link import MasterLink, ReplicationError
 from karma.server.node import Node
 from karma.storage import snapshot_files
 
