@@ -22,7 +22,8 @@ import attrs
 import trio
 
 from karma import days
-from karma.config import Config, Role
+from karma.config import Config
+from karma.config_values import Role
 from karma.core.counters import NodeStatus
 from karma.core.engine import Engine
 from karma.core.idempotency import IdempotencyTable

@@ -22,7 +22,8 @@ from pathlib import Path
 import attrs
 import trio
 
-from karma.config import Config, Role
+from karma.config import Config
+from karma.config_values import Role
 from karma.core.counters import NodeStatus
 from karma.ha import rules
 from karma.observability.logs import Logger
