@@ -19,7 +19,7 @@ from typing import Final
 import trio
 
 import karma
-from karma import config as cfg
+from karma import config_cli
 from karma.observability.logs import Logger
 from karma.server.app import StartupError, serve
 
@@ -52,12 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args and args[0] == "serve":
         args = args[1:]
     try:
-        config = cfg.load(args, os.environ)
-    except cfg.HelpRequested:
-        print(cfg.help_text())
+        config = config_cli.load(args, os.environ)
+    except config_cli.HelpRequested:
+        print(config_cli.help_text())
         print(subcommands_help())
         return ExitCode.OK
-    except cfg.ConfigError as exc:
+    except config_cli.ConfigError as exc:
         print(f"karma-trio: error: {exc}", file=sys.stderr)
         return ExitCode.BAD_CONFIG
     log = Logger(enabled=config.log, level=config.log_level)

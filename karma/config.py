@@ -1,127 +1,35 @@
 """Every configuration option in one table: flag, environment variable, default, parser, help.
 
-The table drives command-line parsing, ``--help`` and ``docs/reference/configuration.md`` (a
-test checks the doc against it). The command line wins over the environment; a bad value is a
-:class:`ConfigError` naming the option, and the server never starts half-configured.
+The table drives command-line parsing, ``--help`` and ``docs/reference/configuration.md``
+(karma.config_cli; a test checks the doc against it). `Config` is the validated result, one
+field per option; the parsers the table names, and `Role`, are karma.config_values.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping, Sequence
-from enum import StrEnum
+from collections.abc import Callable, Mapping
 from typing import Final
 
 import attrs
 
-
-class Role(StrEnum):
-    MASTER = "master"
-    SLAVE = "slave"
-
-
-class ConfigError(Exception):
-    """A bad option value; the CLI prints it on one line and exits with status 2."""
-
-
-def parse_bool(text: str) -> bool:
-    if text == "true":
-        return True
-    if text == "false":
-        return False
-    raise ValueError("expected true or false")
-
-
-def parse_port(text: str) -> int:
-    port = _parse_int(text)
-    if not 0 <= port <= 65535:
-        raise ValueError("expected a TCP port number (0-65535)")
-    return port
-
-
-def _parse_int(text: str) -> int:
-    stripped = text.strip()
-    if not stripped or not (stripped.isdigit() or (stripped[0] in "+-" and stripped[1:].isdigit())):
-        raise ValueError("expected an integer")
-    return int(stripped)
-
-
-def parse_count(text: str) -> int:
-    value = _parse_int(text)
-    if value < 0:
-        raise ValueError("expected an integer >= 0")
-    return value
-
-
-def parse_positive(text: str) -> int:
-    value = _parse_int(text)
-    if value < 1:
-        raise ValueError("expected an integer >= 1")
-    return value
-
-
-def parse_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError("expected a number of seconds") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError("expected a number of seconds >= 0")
-    return value
-
-
-def parse_role(text: str) -> Role:
-    try:
-        return Role(text)
-    except ValueError:
-        raise ValueError("expected master or slave") from None
-
-
-def parse_text(text: str) -> str:
-    return text
-
-
-def parse_token(text: str) -> str:
-    if not text:
-        raise ValueError("a token must not be empty")
-    return text
-
-
-def parse_log_level(text: str) -> str:
-    if text not in LOG_LEVELS:
-        raise ValueError("expected one of " + ", ".join(LOG_LEVELS))
-    return text
-
-
-def parse_urls(text: str) -> str:
-    urls = [url.strip() for url in text.split(",")]
-    for url in urls:
-        if not url.startswith(("http://", "https://")) or len(url) <= len("http://"):
-            raise ValueError("expected comma-separated http:// or https:// URLs")
-    return ",".join(url.rstrip("/") for url in urls)
-
-
-def parse_name(text: str) -> str:
-    if not text or not all(c.isalnum() or c in "-_." for c in text):
-        raise ValueError("expected letters, digits, '-', '_' or '.'")
-    return text
-
-
-def parse_ttl(text: str) -> int:
-    value = _parse_int(text)
-    if value < 2:  # etcd refuses shorter leases; a margin must fit inside the TTL
-        raise ValueError("expected an integer number of seconds >= 2")
-    return value
-
-
-def parse_positive_seconds(text: str) -> float:
-    value = parse_seconds(text)
-    if value <= 0:
-        raise ValueError("expected a number of seconds > 0")
-    return value
-
-
-LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+from karma.config_values import (
+    Role as Role,  # still imported from here by server/node.py (being rewritten elsewhere)
+)
+from karma.config_values import (
+    parse_bool,
+    parse_count,
+    parse_log_level,
+    parse_name,
+    parse_port,
+    parse_positive,
+    parse_positive_seconds,
+    parse_role,
+    parse_seconds,
+    parse_text,
+    parse_token,
+    parse_ttl,
+    parse_urls,
+)
 
 
 @attrs.frozen
@@ -511,63 +419,3 @@ class Config:
     replicated_timeout_ms: int = 5000
     log: bool = True
     log_level: str = "info"
-
-
-class HelpRequested(Exception):  # noqa: N818 - a signal to the CLI, not an error
-    """``--help`` was given: print :func:`help_text` and exit 0."""
-
-
-def _parse_value(option: Option, text: str, source: str) -> object:
-    try:
-        return option.parse(text)
-    except ValueError as exc:
-        raise ConfigError(f"{source}: invalid value {text!r}: {exc}") from None
-
-
-def load(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
-    """Build a Config from the environment, then the command line (which wins)."""
-    values: dict[str, object] = {}
-    for option in OPTIONS:
-        if option.env in environ:
-            values[option.attr] = _parse_value(option, environ[option.env], option.env)
-    args = list(argv)
-    while args:
-        arg = args.pop(0)
-        if arg in ("-h", "--help"):
-            raise HelpRequested
-        flag, has_value, text = arg.partition("=")
-        found = OPTIONS_BY_FLAG.get(flag)
-        if found is None:
-            raise ConfigError(f"{flag}: unknown option (see --help)")
-        option = found
-        if not has_value:
-            if not args:
-                raise ConfigError(f"{flag}: a value is required ({flag}=VALUE)")
-            text = args.pop(0)
-        values[option.attr] = _parse_value(option, text, flag)
-    return Config(**values)  # type: ignore[arg-type]  # values come typed from OPTIONS
-
-
-def help_text() -> str:
-    lines = [
-        "usage: karma-trio [serve] [OPTION=VALUE ...]",
-        "",
-        "Options (environment variable, default):",
-    ]
-    for option in OPTIONS:
-        lines.append(f"  {option.flag}=VALUE")
-        lines.append(f"      {option.help} [{option.env}, default {option.default_text}]")
-    return "\n".join(lines)
-
-
-def reference_markdown() -> str:
-    """The configuration reference page, generated from OPTIONS."""
-    rows = [
-        "| Option | Environment | Default | Meaning |",
-        "|---|---|---|---|",
-    ]
-    rows.extend(
-        f"| `{option.flag}` | `{option.env}` | `{option.default_text}` | {option.help} |"
-        for option in OPTIONS
-    )
-    return "\n".join(rows) + "\n"

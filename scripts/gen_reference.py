@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from karma import config
+from karma import config_cli
 from karma.errors import ERROR_MEANINGS
 from karma.protocol import optable
 
@@ -59,7 +59,7 @@ def ops_rows() -> str:
 
 
 def main() -> None:
-    (DOCS / "configuration.md").write_text(CONFIG_INTRO + config.reference_markdown())
+    (DOCS / "configuration.md").write_text(CONFIG_INTRO + config_cli.reference_markdown())
     (DOCS / "ops.md").write_text(OPS_INTRO + ops_rows())
     errors = "\n".join(f"| `{code}` | {text} |" for code, text in ERROR_MEANINGS.items())
     (DOCS / "errors.md").write_text(ERRORS_INTRO + errors + "\n")

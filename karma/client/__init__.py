@@ -9,7 +9,8 @@ Importing this package never imports or starts the server.
 """
 
 from karma.client.aio import AsyncClient, AsyncPipeline
-from karma.client.calls import Call, Health, KeysPage, KeyTotal, TopItem, TreeInfo
+from karma.client.call import Call
+from karma.client.calls import Health, KeysPage, KeyTotal, TopItem, TreeInfo
 from karma.client.errors import (
     CapacityExceeded,
     ConnectionFailed,

@@ -12,7 +12,7 @@ import anyio
 import anyio.abc
 
 from karma.client import calls, limit_calls, seeds
-from karma.client.calls import Call
+from karma.client.call import Call, backoff
 from karma.client.errors import ConnectionFailed, KarmaError
 from karma.client.reservations import AsyncReservation
 from karma.client.seeds import Address, Search, Seeds, SeedStatistics, Topology
@@ -197,7 +197,7 @@ class AsyncClient(SendsAsync):
         return encode_call(call, self.token, term)
 
     async def run(self, call: Call[T], *, retries: int | None = None) -> T:
-        """Send one Call (see karma.client.calls), retrying as configured."""
+        """Send one Call (see karma.client.call), retrying as configured."""
         budget = self.retries if retries is None else retries
         # with seeds there is always the failover retry: keyable writes get a key up front
         call = call.keyed_for(budget if self._seeds is None else max(budget, 1))
@@ -214,7 +214,7 @@ class AsyncClient(SendsAsync):
                 if not exc.retriable or attempt >= budget or not call.retry_safe:
                     raise
                 attempt += 1
-                await anyio.sleep(calls.backoff(attempt))
+                await anyio.sleep(backoff(attempt))
 
     # --- the leader of a seed list (as in Client) ----------------------------------------------
     async def _target(self) -> tuple[Address, int]:

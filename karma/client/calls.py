@@ -1,72 +1,24 @@
-"""Requests as data: each client method builds a `Call` (op, fields, how to read the answer).
+"""The Call of every op but `limit.*` (that is `karma.client.limit_calls`): one builder per
+client method, from the counters to the domain verbs.
 
-The sync and async clients only differ in how they send a Call; everything protocol-shaped —
-field names, day handling, result types — lives here once.
+Everything protocol-shaped — field names, day handling, result types — lives here once; what a
+Call is, and when it may be resent, is `karma.client.call`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import attrs
 import msgspec
 
+from karma.client.call import Call
+
 T = TypeVar("T")
 Day = dt.date | int
 Item = tuple[int, Day, int]
-
-#: Ops that may carry an idempotency key (karma 1.0's eligible writes).
-KEYED_OPS = frozenset(
-    {
-        "counter.increment",
-        "counter.decrement",
-        "series.batch_add",
-        "series.batch_set",
-        "counter.reset",
-        "counter.batch_reset",
-        "counter.delete_range",
-        "counter.batch_delete_range",
-        "tree.reset",
-        "tree.delete_range",
-    }
-)
-#: Ops identified by a reservation id: a resend replays the first outcome.
-ID_OPS = frozenset({"limit.reserve", "limit.commit", "limit.void"})
-#: Ops that change nothing: always safe to retry.
-READ_OPS = frozenset(
-    {
-        "system.ping",
-        "system.health",
-        "system.stats",
-        "system.metrics",
-        "cluster.topology",
-        "tree.list",
-        "tree.info",
-        "tree.keys",
-        "tree.summary",
-        "tree.top",
-        "tree.series",
-        "counter.sum",
-        "counter.series",
-        "counter.batch_sum",
-        "counter.multi_sum",
-        "snapshot.list",
-        "snapshot.info",
-        "snapshot.verify",
-        "snapshot.fetch",
-        "snapshot.fetch_chunk",
-        "recovery.status",
-        "replication.status",
-        "replication.entries",
-        "limit.check",
-        "limit.reservation",
-        "limit.status",
-        "idempotency.snapshot_fetch_chunk",
-    }
-)
 
 
 class TreeInfo(msgspec.Struct, frozen=True):
@@ -102,30 +54,6 @@ class Health(msgspec.Struct, frozen=True):
     wal_enabled: bool
     #: why it is unhealthy (e.g. "WAL write failed: No space left on device; …")
     storage_error: str | None = None
-
-
-@attrs.frozen
-class Call(Generic[T]):
-    op: str
-    fields: dict[str, Any]
-    read: Callable[[Any], T]
-    #: the answer when the series does not exist (domain verbs: nothing used yet)
-    if_missing: Callable[[], T] | None = None
-
-    @property
-    def retry_safe(self) -> bool:
-        return self.op in READ_OPS or self.op in ID_OPS or "idempotency_key" in self.fields
-
-    def keyed_for(self, retries: int) -> Call[T]:
-        """This call, with a fresh idempotency key if it is a keyable write that may be resent."""
-        if not retries or self.op not in KEYED_OPS or "idempotency_key" in self.fields:
-            return self
-        return attrs.evolve(self, fields={**self.fields, "idempotency_key": uuid.uuid4().hex})
-
-
-def backoff(attempt: int) -> float:
-    """Seconds to wait before retry number `attempt` (1, 2, ...): doubling, capped at 1 s."""
-    return min(1.0, 0.05 * 2.0**attempt)
 
 
 def day(value: Day) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from karma.client.calls import Call
+from karma.client.call import Call
 
 Window = dict[str, Any]
 

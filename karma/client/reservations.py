@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Protocol, TypeVar
 
 from karma.client import limit_calls
-from karma.client.calls import Call
+from karma.client.call import Call
 from karma.client.limit_calls import LimitAnswer, Settlement
 
 T = TypeVar("T")

@@ -20,7 +20,7 @@ from typing import Any, Final
 import attrs
 import msgspec
 
-from karma.client.calls import READ_OPS, Call
+from karma.client.call import READ_OPS, Call
 from karma.client.errors import ConnectionFailed, KarmaError, NotLeader
 from karma.client.wire import Answer
 

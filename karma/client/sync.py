@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 from karma.client import calls, limit_calls, seeds
-from karma.client.calls import Call
+from karma.client.call import Call, backoff
 from karma.client.errors import ConnectionFailed, KarmaError
 from karma.client.reservations import Reservation
 from karma.client.seeds import Address, Search, Seeds, SeedStatistics, Topology
@@ -215,7 +215,7 @@ class Client(Sends):
         return encode_call(call, self.token, term)
 
     def run(self, call: Call[T], *, retries: int | None = None) -> T:
-        """Send one Call (see karma.client.calls), retrying as configured."""
+        """Send one Call (see karma.client.call), retrying as configured."""
         budget = self.retries if retries is None else retries
         # with seeds there is always the failover retry: keyable writes get a key up front
         call = call.keyed_for(budget if self._seeds is None else max(budget, 1))
@@ -231,7 +231,7 @@ class Client(Sends):
                 if not exc.retriable or attempt >= budget or not call.retry_safe:
                     raise
                 attempt += 1
-                time.sleep(calls.backoff(attempt))
+                time.sleep(backoff(attempt))
 
     # --- the leader of a seed list --------------------------------------------------------------
     def _target(self) -> tuple[Address, int]:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Generic, ParamSpec, Self, TypeVar, overload
 
 from karma.client import calls, limit_calls
-from karma.client.calls import Call
+from karma.client.call import Call
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from karma.client.calls import Call
+from karma.client.call import Call
 from karma.client.errors import ConnectionFailed, KarmaError, from_answer
 
 T = TypeVar("T")

@@ -3,7 +3,7 @@ and whether a node's WAL tail diverged from the leader's history (spec/ha.md §1
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
 import attrs
@@ -206,6 +206,42 @@ def refusal_to_promote(
             return f"member {other.node} still says master"
         if not other.nofailover and latest_lsn - other.lsn <= max_lag and _rank(other) < _rank(me):
             return f"member {other.node} is a better candidate (lsn {other.lsn})"
+    return None
+
+
+def refusal_after_asking(
+    me: Member,
+    others: Sequence[Member],
+    answers: Mapping[str, tuple[str, int] | None],
+    sync: SyncSet | None,
+    latest_term: int,
+) -> str | None:
+    """Rule 3, on every other member's own word (`answers`: its (role, lsn), None when it did
+    not answer): defer if one is ahead of us or still says master. A member that does not
+    answer is taken as gone."""
+    if sync is not None:
+        # the last term acknowledged replicated writes: they are on some node of its sync
+        # set, so only a member of it may win, and only having heard from all of it
+        if me.node not in sync.nodes:
+            return f"not in term {sync.term}'s sync set {sync.nodes}"
+        for name in sync.nodes:
+            if name != me.node and answers.get(name) is None:
+                return f"sync member {name} of term {sync.term} did not answer"
+    rival_names = {m.node for m in rivals(others, sync)}
+    for member in others:
+        answer = answers.get(member.node)
+        if answer is None:
+            continue
+        role, lsn = answer
+        if role == "master":
+            return f"member {member.node} says it is master"
+        if (
+            member.node in rival_names
+            and not member.nofailover
+            and member.term >= latest_term
+            and lsn > me.lsn
+        ):
+            return f"member {member.node} is ahead (lsn {lsn} > {me.lsn})"
     return None
 
 

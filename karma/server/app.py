@@ -22,12 +22,13 @@ import attrs
 import trio
 
 from karma import days
-from karma.config import Config, Role
+from karma.config import Config
+from karma.config_values import Role
 from karma.core.counters import NodeStatus
 from karma.core.engine import Engine
 from karma.core.idempotency import IdempotencyTable
 from karma.errors import KarmaError
-from karma.ha.etcd import EtcdClient
+from karma.ha.etcd_client import EtcdClient
 from karma.ha.fence import Fence
 from karma.ha.rules import Keys
 from karma.observability import metrics

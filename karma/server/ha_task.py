@@ -27,7 +27,8 @@ import attrs
 import trio
 
 from karma.ha import rules
-from karma.ha.etcd import EtcdClient, EtcdError, Lease, RangeResult
+from karma.ha.etcd_client import EtcdClient
+from karma.ha.etcd_wire import EtcdError, Lease, RangeResult
 from karma.ha.fence import Fence
 from karma.observability.logs import Logger
 from karma.server.replicas import Replicas
@@ -466,8 +467,7 @@ class HaTask:
             await self._publish("master")
 
     async def _ask_members(self, me: rules.Member, sync: rules.SyncSet | None) -> str | None:
-        """Rule 3: every member's own word (1 s each, at once); defer if one is ahead of us
-        or still says master. A member that does not answer is taken as gone."""
+        """Rule 3: every member's own word (1 s each, at once), judged by the rules."""
         answers: dict[str, tuple[str, int] | None] = {}
         others = [m for m in self.members if m.node != me.node]
         latest_term = rules.last_term(self.history)
@@ -478,30 +478,7 @@ class HaTask:
         async with trio.open_nursery() as nursery:
             for member in others:
                 nursery.start_soon(ask, member)
-        if sync is not None:
-            # the last term acknowledged replicated writes: they are on some node of its sync
-            # set, so only a member of it may win, and only having heard from all of it
-            if me.node not in sync.nodes:
-                return f"not in term {sync.term}'s sync set {sync.nodes}"
-            for name in sync.nodes:
-                if name != me.node and answers.get(name) is None:
-                    return f"sync member {name} of term {sync.term} did not answer"
-        rivals = {m.node for m in rules.rivals(others, sync)}
-        for member in others:
-            answer = answers.get(member.node)
-            if answer is None:
-                continue
-            role, lsn = answer
-            if role == "master":
-                return f"member {member.node} says it is master"
-            if (
-                member.node in rivals
-                and not member.nofailover
-                and member.term >= latest_term
-                and lsn > me.lsn
-            ):
-                return f"member {member.node} is ahead (lsn {lsn} > {me.lsn})"
-        return None
+        return rules.refusal_after_asking(me, others, answers, sync, latest_term)
 
     def _step_down(self, reason: str) -> None:
         self.log.warning("ha.step_down", reason=reason, term=self.term)

@@ -22,12 +22,14 @@ from pathlib import Path
 import attrs
 import trio
 
-from karma.config import Config, Role
+from karma.config import Config
+from karma.config_values import Role
 from karma.core.counters import NodeStatus
 from karma.ha import rules
 from karma.observability.logs import Logger
 from karma.server import limit_ops
-from karma.server.follower_task import Follower, MasterLink, ReplicationError, move_wal_aside
+from karma.server.follower_task import Follower, move_wal_aside
+from karma.server.master_link import MasterLink, ReplicationError
 from karma.server.node import Node
 from karma.storage import snapshot_files
 

@@ -15,7 +15,7 @@ import attrs
 import pytest
 
 from karma import client as k
-from karma.client.calls import READ_OPS
+from karma.client.call import READ_OPS
 
 
 @attrs.define(eq=False)

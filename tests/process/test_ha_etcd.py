@@ -10,7 +10,8 @@ import pytest
 import trio
 
 from karma.ha import rules
-from karma.ha.etcd import Call, EtcdClient, EtcdError
+from karma.ha.etcd_client import EtcdClient
+from karma.ha.etcd_wire import Call, EtcdError
 from karma.ha.fence import Fence
 from karma.observability.logs import Logger
 from karma.server.ha_task import HaTask, Settings

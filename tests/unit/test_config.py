@@ -9,6 +9,7 @@ import attrs
 import pytest
 
 from karma import config as cfg
+from karma import config_cli, config_values
 
 REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "reference" / "configuration.md"
 
@@ -27,17 +28,17 @@ def test_the_reference_page_lists_every_option_as_generated() -> None:
     text = REFERENCE.read_text()
     documented = set(re.findall(r"^\| `(--[a-z-]+)`", text, re.M))
     assert documented == {option.flag for option in cfg.OPTIONS}
-    assert cfg.reference_markdown() in text
+    assert config_cli.reference_markdown() in text
 
 
 def test_the_command_line_wins_over_the_environment() -> None:
-    config = cfg.load(["--port=9000"], {"KARMA_PORT": "7000", "KARMA_WAL": "false"})
+    config = config_cli.load(["--port=9000"], {"KARMA_PORT": "7000", "KARMA_WAL": "false"})
     assert config.port == 9000
     assert config.wal is False
 
 
 def test_space_separated_values_are_accepted() -> None:
-    assert cfg.load(["--role", "slave"], {}).role is cfg.Role.SLAVE
+    assert config_cli.load(["--role", "slave"], {}).role is config_values.Role.SLAVE
 
 
 @pytest.mark.parametrize(
@@ -55,17 +56,17 @@ def test_space_separated_values_are_accepted() -> None:
     ],
 )
 def test_a_bad_value_names_its_option(argv: list[str], named: str) -> None:
-    with pytest.raises(cfg.ConfigError, match=re.escape(named)):
-        cfg.load(argv, {})
+    with pytest.raises(config_cli.ConfigError, match=re.escape(named)):
+        config_cli.load(argv, {})
 
 
 def test_a_bad_environment_value_names_its_variable() -> None:
-    with pytest.raises(cfg.ConfigError, match="KARMA_WAL_FSYNC"):
-        cfg.load([], {"KARMA_WAL_FSYNC": "yes"})
+    with pytest.raises(config_cli.ConfigError, match="KARMA_WAL_FSYNC"):
+        config_cli.load([], {"KARMA_WAL_FSYNC": "yes"})
 
 
 def test_help_mentions_every_flag() -> None:
-    text = cfg.help_text()
+    text = config_cli.help_text()
     for option in cfg.OPTIONS:
         assert option.flag in text
         assert option.env in text

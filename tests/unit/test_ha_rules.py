@@ -7,7 +7,7 @@ import base64
 import pytest
 
 from karma.errors import ErrorCode
-from karma.ha import etcd, rules
+from karma.ha import etcd_wire, rules
 from karma.ha.fence import Fence
 
 
@@ -16,7 +16,7 @@ def b64(text: str) -> str:
 
 
 def test_create_request_puts_only_when_the_key_has_never_been_created() -> None:
-    call = etcd.create_request("/karma/t/leader", b"v", lease=42)
+    call = etcd_wire.create_request("/karma/t/leader", b"v", lease=42)
     assert call.path == "/v3/kv/txn"
     assert call.body["compare"] == [
         {
@@ -31,7 +31,7 @@ def test_create_request_puts_only_when_the_key_has_never_been_created() -> None:
 
 
 def test_a_prefix_range_ends_at_the_next_prefix() -> None:
-    call = etcd.range_request("/karma/t/", prefix=True)
+    call = etcd_wire.range_request("/karma/t/", prefix=True)
     assert base64.b64decode(call.body["range_end"]) == b"/karma/t0"
 
 
@@ -58,21 +58,21 @@ def test_a_failed_txn_reads_the_key_in_the_way() -> None:
             }
         ],
     }
-    result = etcd.parse_txn(answer)
+    result = etcd_wire.parse_txn(answer)
     assert not result.succeeded
-    assert result.kvs == (etcd.KeyValue("/k", b"x", 2, 5, 9),)
+    assert result.kvs == (etcd_wire.KeyValue("/k", b"x", 2, 5, 9),)
 
 
 def test_a_keepalive_without_ttl_means_the_lease_is_gone() -> None:
-    assert etcd.parse_keepalive({"result": {"ID": "1", "TTL": "3"}}) == 3
-    assert etcd.parse_keepalive({"result": {"header": {}, "ID": "1"}}) is None
+    assert etcd_wire.parse_keepalive({"result": {"ID": "1", "TTL": "3"}}) == 3
+    assert etcd_wire.parse_keepalive({"result": {"header": {}, "ID": "1"}}) is None
 
 
 def test_a_watch_starts_at_a_revision_and_reads_puts_and_deletes() -> None:
-    call = etcd.watch_request("/k", start_revision=7)
+    call = etcd_wire.watch_request("/k", start_revision=7)
     assert call.body == {"create_request": {"key": "L2s=", "start_revision": "7"}}
-    assert etcd.parse_watch({"result": {"header": {"revision": "6"}, "created": True}}) == ()
-    events = etcd.parse_watch(
+    assert etcd_wire.parse_watch({"result": {"header": {"revision": "6"}, "created": True}}) == ()
+    events = etcd_wire.parse_watch(
         {
             "result": {
                 "events": [
@@ -86,14 +86,14 @@ def test_a_watch_starts_at_a_revision_and_reads_puts_and_deletes() -> None:
         ("PUT", "/k", b"x"),
         ("DELETE", "/k", b""),
     ]
-    with pytest.raises(etcd.EtcdError, match="compacted 5"):
-        etcd.parse_watch({"result": {"canceled": True, "compact_revision": "5"}})
+    with pytest.raises(etcd_wire.EtcdError, match="compacted 5"):
+        etcd_wire.parse_watch({"result": {"canceled": True, "compact_revision": "5"}})
 
 
 def test_an_error_answer_raises_with_its_grpc_code() -> None:
-    with pytest.raises(etcd.EtcdError) as caught:
-        etcd.parse_range({"error": "lease not found", "message": "lease not found", "code": 5})
-    assert caught.value.code == etcd.NOT_FOUND
+    with pytest.raises(etcd_wire.EtcdError) as caught:
+        etcd_wire.parse_range({"error": "lease not found", "message": "lease not found", "code": 5})
+    assert caught.value.code == etcd_wire.NOT_FOUND
 
 
 def member(node: str, lsn: int, **fields: object) -> rules.Member:
