@@ -13,9 +13,7 @@ from typing import Final
 import attrs
 
 from karma.config_values import (
-    Role as Role,  # still imported from here by server/node.py (being rewritten elsewhere)
-)
-from karma.config_values import (
+    Role,
     parse_bool,
     parse_count,
     parse_log_level,

@@ -21,7 +21,8 @@ import attrs
 import trio
 from msgspec import UNSET
 
-from karma.config import Config, Role
+from karma.config import Config
+from karma.config_values import Role
 from karma.core import mutations as m
 from karma.core.budget import AnyBudget, Budget, Unlimited
 from karma.core.counters import NodeStatus

@@ -16,12 +16,6 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "import_cycles.py"
 
-#: cycles still to remove, each named for the change that removes it
-ALLOWED_CYCLES = [
-    ["karma.server.limit_ops", "karma.server.node"],  # removed by the node split (issue 24)
-]
-
-
 def check(*args: str) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--json", *args], capture_output=True, text=True, check=False
@@ -38,7 +32,7 @@ def karma_report() -> dict[str, Any]:
 
 def test_no_module_imports_another_that_imports_it_back(karma_report: dict[str, Any]) -> None:
     assert karma_report["modules"] > 50  # the checker found the package
-    assert [c for c in karma_report["cycles"] if c not in ALLOWED_CYCLES] == []
+    assert karma_report["cycles"] == []
 
 
 def test_nothing_below_the_server_imports_it(karma_report: dict[str, Any]) -> None:
