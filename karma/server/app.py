@@ -71,6 +71,7 @@ def _prepare(config: Config, log: Logger) -> Prepared:
         )
     )
     engine.limits.max_open = config.max_open_reservations
+    engine.limits.max_settled = config.max_settled_reservations
     status = NodeStatus(role=str(config.role), wal_enabled=config.wal, started_at=time.time())
     now = time.time()
     try:
@@ -151,7 +152,11 @@ async def serve(
             services.start_soon(_watch_signals, shutdown, snapshots, log)
             if config.metrics_port:
                 registry = metrics.full_registry(
-                    node.stats_values, engine.counters, status, lambda: node.replicas.lsns
+                    node.stats_values,
+                    engine.counters,
+                    status,
+                    lambda: node.replicas.lsns,
+                    lambda: engine.limits,  # a replica's bootstrap replaces it
                 )
                 await services.start(
                     serve_metrics,

@@ -20,7 +20,8 @@ import trio
 
 from karma.core import mutations as m
 from karma.core import windows as w
-from karma.core.limits import Charge, ItemDecision, Settled
+from karma.core.compact import Settled
+from karma.core.limits import Charge, ItemDecision
 from karma.errors import ErrorCode, KarmaError
 from karma.protocol import envelope
 from karma.protocol import limit_requests as lr
@@ -241,12 +242,12 @@ def _known_reservation(node: Node, hold_id: str, fingerprint: str) -> Any:
     limits = node.engine.limits
     hold = limits.holds.get(hold_id)
     if hold is not None:
-        if hold.fingerprint != fingerprint:
+        if not hold.same_reserve(fingerprint):
             raise _id_conflict(hold_id)
         return hold.answer
-    done = limits.settled.get(hold_id)
+    done = limits.settled_record(hold_id)
     if done is not None:
-        if done.reserve_fingerprint != fingerprint:
+        if not done.same_reserve(fingerprint):
             raise _id_conflict(hold_id)
         return done.reserve_answer
     return None
@@ -273,13 +274,13 @@ async def commit(node: Node, req: lr.LimitCommit) -> bytes:
         _canonical.encode(["limit.commit", opt(req.value), opt(req.values)])
     ).hexdigest()
     hold = limits.holds.get(hold_id)
-    done = limits.settled.get(hold_id)
+    done = None if hold is not None else limits.settled_record(hold_id)
     _, now = node.clock()
     if hold is None:
-        if done is None:
+        if done is None:  # never reserved, or settled so long ago it was forgotten
             raise _not_found(hold_id)
         if done.outcome in ("committed", "committed_late"):
-            if done.settle_fingerprint != fingerprint:
+            if not done.same_settle(fingerprint):
                 raise KarmaError(
                     ErrorCode.IDEMPOTENCY_CONFLICT,
                     f'Reservation "{hold_id}" was already committed with value'
@@ -346,7 +347,7 @@ async def void(node: Node, req: lr.LimitVoid) -> bytes:
     claim = f"id:{hold_id}"
     await _once(node, claim)
     hold = limits.holds.get(hold_id)
-    done = limits.settled.get(hold_id)
+    done = None if hold is not None else limits.settled_record(hold_id)
     _, now = node.clock()
     fingerprint = "void"
     if hold is None:
@@ -409,7 +410,7 @@ async def reservation(node: Node, req: lr.LimitReservation) -> bytes:
             "created_at_unix": hold.created_at,
         }
         return envelope.encode_ok(answer)
-    done = limits.settled.get(hold_id)
+    done = limits.settled_record(hold_id)
     if done is None:
         raise _not_found(hold_id)
     return envelope.encode_ok(
@@ -436,6 +437,8 @@ async def status(node: Node, req: lr.LimitStatus) -> bytes:
             "open_reservations": len(limits.holds),
             "settled_reservations": len(limits.settled),
             "max_open_reservations": limits.max_open,
+            "max_settled_reservations": limits.max_settled,
+            "settled_reservations_pruned": limits.settled_pruned,
             "limit_entries_applied": limits.entries,
             "limits_snapshot": meta,
         }
