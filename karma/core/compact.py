@@ -8,10 +8,11 @@ strings: about 2.2 KB each, for a week. Here it is one `bytes` object:
   fingerprint was (a sha256 hex, "void", ""). Two different requests for one id whose keys
   collide (odds of 2^-64) would get the saved answer instead of idempotency_conflict: a
   replay writes nothing, so no collision can charge or release anything;
-- an answer becomes the index of its *shape* (its keys, strings, booleans and nulls, in order,
-  held once per process in `_SHAPES`) followed by its numbers, so replaying it rebuilds exactly
-  the dict that was answered, key order included. An answer of a shape never seen before, once
-  the table is full, is kept whole instead (still correct, only larger);
+- an answer becomes the index of its *shape* (its keys and strings, in order, held once per
+  process in `_SHAPES`) followed by its numbers, booleans and nulls, so replaying it rebuilds
+  exactly the dict that was answered, key order included. An answer with more than
+  `MAX_SHAPE_VALUES` values, or of a new shape once the table is full, is kept whole instead
+  (still correct, only larger);
 - the record is the MessagePack array [outcome, at, reserve key, settle key, reserve answer,
   settle answer, items].
 
@@ -33,8 +34,10 @@ from karma.core import mutations as m
 SETTLED_OUTCOMES: Final = ("committed", "committed_late", "voided", "expired", "denied")
 _OUTCOME_CODE: Final = {outcome: code for code, outcome in enumerate(SETTLED_OUTCOMES)}
 KEY_BYTES: Final = 8
-#: distinct answer shapes remembered; beyond it new shapes are stored whole (see module doc)
-MAX_SHAPES: Final = 4096
+#: distinct answer shapes remembered, and the values of the largest: beyond them an answer is
+#: kept whole (see the module doc), so that many-item answers cannot grow the shape table
+MAX_SHAPES: Final = 1024
+MAX_SHAPE_VALUES: Final = 128
 
 _NUMBER: Final = "#"
 _SAME_ID: Final = "@"  # the reservation's own id: it is the table's key, not stored twice
@@ -64,11 +67,11 @@ def unpack_answer(packed: bytes, ident: str) -> Any:
 
 
 def _packed(answer: Any, ident: str) -> list[Any]:
-    numbers: list[int] = []
+    numbers: list[Any] = []
     shape = _shape(answer, ident, numbers)
     index = _SHAPE_INDEX.get(shape)
     if index is None:
-        if len(_SHAPES) >= MAX_SHAPES:
+        if len(_SHAPES) >= MAX_SHAPES or len(numbers) > MAX_SHAPE_VALUES:
             return [_WHOLE, answer]
         index = _SHAPE_INDEX[shape] = len(_SHAPES)
         _SHAPES.append(shape)
@@ -81,9 +84,9 @@ def _unpacked(packed: list[Any], ident: str) -> Any:
     return _build(_SHAPES[packed[0]], iter(packed[1:]), ident)
 
 
-def _shape(value: Any, ident: str, numbers: list[int]) -> Shape:
-    kind = type(value)  # not isinstance: a bool is an int, and goes into the shape
-    if kind is int:
+def _shape(value: Any, ident: str, numbers: list[Any]) -> Shape:
+    kind = type(value)
+    if kind is int or kind is bool or value is None:  # a bool is kept as itself, not 1
         numbers.append(value)
         return _NUMBER
     if kind is dict:
@@ -92,10 +95,10 @@ def _shape(value: Any, ident: str, numbers: list[int]) -> Shape:
         return ("[", *[_shape(item, ident, numbers) for item in value])
     if kind is str and value == ident:
         return _SAME_ID
-    return ("=", value)  # a string, a boolean, null (or a float: JSON has them, answers not)
+    return ("=", value)  # a string (a status: few of them), or a float (answers have none)
 
 
-def _build(shape: Shape, numbers: Iterator[int], ident: str) -> Any:
+def _build(shape: Shape, numbers: Iterator[Any], ident: str) -> Any:
     if shape == _NUMBER:
         return next(numbers)
     if shape == _SAME_ID:

@@ -211,3 +211,15 @@ def test_a_settled_reservation_is_one_small_record() -> None:
     [record] = engine.limits.settled.values()
     assert isinstance(record, bytes)
     assert len(record) < 100
+
+
+def test_answers_of_many_items_are_kept_whole_and_do_not_grow_the_shape_table() -> None:
+    item = {"allowed": True, "max": 10, "used": 1, "held": 0, "retry_after_s": None}
+    before = len(compact._SHAPES)
+    for n in range(50):
+        items = [
+            {**item, "allowed": k != n, "retry_after_s": k if k == n else None} for k in range(100)
+        ]
+        answer = {"allowed": False, "id": "r-1", "denied": [n], "items": items}
+        assert compact.unpack_answer(compact.pack_answer(answer, "r-1"), "r-1") == answer
+    assert len(compact._SHAPES) == before
