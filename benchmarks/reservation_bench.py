@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cap", type=int, default=0, help="--max-settled-reservations")
     group.add_argument("--steady-seconds", type=float, default=180)
     group.add_argument("--sample-seconds", type=float, default=5)
+    group.add_argument(
+        "--server-flag", action="append", default=[], help="more server flags (repeatable)"
+    )
 
 
 def rss_of(pid: int | str = "self") -> int:
@@ -175,6 +178,7 @@ def server_run(args: argparse.Namespace) -> dict[str, Any]:
     flags = ["--wal=true", "--wal-fsync=false", "--idempotency-max-records=20000"]
     if args.cap:
         flags.append(f"--max-settled-reservations={args.cap}")
+    flags.extend(args.server_flag)
     port = free_port()
     server = start_karma(port, directory, *flags)
     stop = threading.Event()
@@ -212,6 +216,7 @@ def server_run(args: argparse.Namespace) -> dict[str, Any]:
     rss_start = samples[0][2]
     result: dict[str, Any] = {
         "cap": args.cap or None,
+        "flags": flags,
         "seconds": round(elapsed, 1),
         "cycles": cycles,
         "failed": sum(c.failed for c in clients),
