@@ -1,11 +1,21 @@
-"""Memory per stored point, and restore time of a data directory (snapshot + WAL).
+"""Memory per stored point, and restore time of a data directory (snapshot + WAL); or, with
+`--mode reservations`, memory per settled reservation (issue 23).
 
     .venv/bin/python benchmarks/memory_bench.py [--points 1000000] [--wal-records 100000]
+    .venv/bin/python benchmarks/memory_bench.py --mode reservations [--reservations 200000]
+        [--seconds 90] [--cap 20000 --steady-seconds 180]
 
 Points are spread as karma 1.0's table assumes: 10 days per key. Memory is the growth of the
 process's resident set while the points are loaded (through the same apply path as writes).
 Restore writes a snapshot of those points plus a WAL tail, then times a cold `karma-trio`
 start until its port answers. Prints a table and JSON.
+
+Reservations (reservation_bench.py): the growth of this process's resident set while
+`limit.hold` + `limit.settle` effects with unique ids are applied (the apply path of the WAL
+writer, replay and replicas); then a real server (WAL on, no fsync) under four clients doing
+reserve + commit with unique ids for `--seconds`, its RSS sampled; with `--cap`, the server runs
+with `--max-settled-reservations=CAP`, is filled past the cap, and the slope of its RSS over
+`--steady-seconds` more is reported in MB/min.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import reservation_bench
 from bench import free_port, start_karma
 
 from karma.core import mutations as m
@@ -73,11 +84,20 @@ def range_sum_p95(port: int, keys: int, samples: int = 2000) -> float:
     return round(latencies[int(0.95 * len(latencies))], 3)
 
 
+def _unused(series: object) -> bytes:
+    raise AssertionError("no open ingest stream to encode")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=1_000_000)
     parser.add_argument("--wal-records", type=int, default=100_000)
+    parser.add_argument("--mode", choices=("points", "reservations"), default="points")
+    reservation_bench.add_arguments(parser)
     args = parser.parse_args()
+    if args.mode == "reservations":
+        reservation_bench.main(args)
+        return
     gc.collect()
     before = rss_bytes()
     engine = Engine()
@@ -91,6 +111,9 @@ def main() -> None:
         for lsn in range(2, args.wal_records + 2):
             entry = m.encode(m.Increment(series="usage", key=lsn % 1000, bucket=20260511, value=1))
             wal.write(wal_codec.encode_line(lsn, entry))
+    # the continuity check at start wants every LSN in some file: the idempotency snapshot
+    # covers LSN 1 (the tree's) like the one snapshot.create_all would have written
+    snapshot_files.write_idempotency(directory, engine.idempotency_document(_unused), 0, 1)
     started = time.monotonic()
     port = free_port()
     server = start_karma(port, directory)  # returns once the port answers

@@ -222,6 +222,15 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "Most open limit.reserve holds; more are refused with capacity_exceeded.",
     ),
     Option(
+        "--max-settled-reservations",
+        "KARMA_MAX_SETTLED_RESERVATIONS",
+        1000000,
+        parse_positive,
+        "Most settled reservations remembered for retried commits and voids (~300 bytes"
+        " each); the oldest are forgotten first, as are those older than"
+        " --idempotency-max-age-seconds.",
+    ),
+    Option(
         "--replication-source-host",
         "KARMA_REPLICATION_SOURCE_HOST",
         None,
@@ -397,6 +406,7 @@ class Config:
     idempotency_max_records: int = 1000000
     idempotency_max_age_seconds: int = 604800
     max_open_reservations: int = 1000000
+    max_settled_reservations: int = 1000000
     replication_source_host: str | None = None
     replication_source_port: int = 8080
     replication_token: str | None = None

@@ -151,11 +151,11 @@ class Engine:
         """What a limit effect changes besides counters: a keyed consume's record, holds."""
         if isinstance(mutation, m.LimitHold):
             self.limits.apply_hold(mutation)
+            if not mutation.items:  # a denial's id is remembered as settled
+                self._prune_settled(mutation.created_at_unix)
         elif isinstance(mutation, m.LimitSettle):
             self.limits.apply_settle(mutation)
-            max_age = self.idempotency.max_age_seconds
-            if max_age:  # settled ids are keys: the same retention, by the entry's own time
-                self.limits.prune_settled(mutation.settled_at_unix - max_age)
+            self._prune_settled(mutation.settled_at_unix)
         else:
             self.limits.entries += 1
             if mutation.idempotency_key is not None:
@@ -167,6 +167,11 @@ class Engine:
                     mutation.idempotency_created_at_unix or 0,
                 )
                 self.idempotency.remember(record)
+
+    def _prune_settled(self, now: int) -> None:
+        """Settled ids are keys: the idempotency retention, by the entry's own time (so every
+        node forgets the same ones at the same entry), and at most `limits.max_settled`."""
+        self.limits.prune_settled(now, self.idempotency.max_age_seconds)
 
     def _add_all(self, adds: list[m.Add]) -> None:
         for series, key, bucket, amount in adds:
@@ -205,6 +210,9 @@ class Engine:
 
     def load_limits(self, document: dict[str, Any]) -> None:
         self.limits.load(document)
+        last = self.limits.last_settled_at()
+        if last is not None:  # a file kept under a larger bound is cut to this one's
+            self._prune_settled(last)
         self.idempotency.load(document.get("records") or [])
 
     def replay(self, mutation: m.Mutation, *, store_effect: bool, state_effect: bool) -> None:

@@ -13,19 +13,19 @@ WAL effect written by the master (`limit.settle` `expired`), so every node agree
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import collections
 from typing import Any, Final
 
 import attrs
 
+from karma.core import compact as c
 from karma.core import mutations as m
 from karma.core import windows as w
 from karma.core.store import Store
 from karma.errors import ErrorCode, KarmaError
 
 Pair = tuple[str, int]
-#: Outcomes of a settled reservation; "denied" is a reserve that held nothing.
-SETTLED_OUTCOMES: Final = ("committed", "committed_late", "voided", "expired", "denied")
+SETTLED_OUTCOMES: Final = c.SETTLED_OUTCOMES
 
 
 @attrs.frozen
@@ -40,12 +40,22 @@ class Charge:
 
 @attrs.define(eq=False, slots=True)
 class Hold:
+    """An open reservation: its items count in decisions; its fingerprint and answer are kept
+    compact (core/compact.py) for a retried reserve."""
+
     id: str
     items: list[m.Add]
     expires_at_ms: int
     created_at: int
-    fingerprint: str
-    answer: Any
+    key: bytes
+    packed_answer: bytes
+
+    @property
+    def answer(self) -> Any:
+        return c.unpack_answer(self.packed_answer, self.id)
+
+    def same_reserve(self, fingerprint: str) -> bool:
+        return self.key == c.fingerprint_key(fingerprint)
 
     def document(self) -> dict[str, Any]:
         return {
@@ -53,34 +63,8 @@ class Hold:
             "items": [list(item) for item in self.items],
             "expires_at_unix_ms": self.expires_at_ms,
             "created_at_unix": self.created_at,
-            "fingerprint": self.fingerprint,
+            "key": self.key.hex(),
             "answer": self.answer,
-        }
-
-
-@attrs.define(eq=False, slots=True)
-class Settled:
-    """A reservation that is over; kept so that retries replay and conflicts are caught."""
-
-    id: str
-    outcome: str
-    items: list[m.Add]
-    reserve_fingerprint: str
-    reserve_answer: Any
-    settle_fingerprint: str | None
-    answer: Any
-    at: int
-
-    def document(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "outcome": self.outcome,
-            "items": [list(item) for item in self.items],
-            "reserve_fingerprint": self.reserve_fingerprint,
-            "reserve_answer": self.reserve_answer,
-            "settle_fingerprint": self.settle_fingerprint,
-            "answer": self.answer,
-            "at": self.at,
         }
 
 
@@ -96,8 +80,19 @@ class ItemDecision:
 @attrs.define(eq=False)
 class Limits:
     max_open: int = 1_000_000
+    #: settled reservations kept (the newest, in settlement order: see `prune_settled`)
+    max_settled: int = 1_000_000
     holds: dict[str, Hold] = attrs.field(factory=dict)
-    settled: dict[str, Settled] = attrs.field(factory=dict)
+    #: id → compact record (core/compact.py), in settlement order
+    settled: dict[str, bytes] = attrs.field(factory=dict)
+    #: settled records forgotten, by age or by count, since start
+    settled_pruned: int = 0
+    #: settled ids in settlement order, oldest first; an id settled again (a late commit after
+    #: its expiry) is in it twice, and `_stale` counts its older places. A dict alone keeps the
+    #: order too, but finding its first key after many deletions at the front walks over every
+    #: deleted slot (~100 µs per settle at a million records)
+    _order: collections.deque[str] = attrs.field(factory=collections.deque)
+    _stale: dict[str, int] = attrs.field(factory=dict)
     #: (series, key) → hold id → [(bucket, amount)]: what a decision sums without a scan
     _held: dict[Pair, dict[str, list[tuple[int, int]]]] = attrs.field(factory=dict)
     #: decided but not yet applied: id(mutation) → its adds and its holds
@@ -108,6 +103,11 @@ class Limits:
     _settling: dict[str, list[m.Add]] = attrs.field(factory=dict)
     #: limit.* effects applied since start (live, replayed or replicated)
     entries: int = 0
+
+    def emptied(self) -> Limits:
+        """No holds and no settled ids, with these bounds (and the count of pruned ids, which
+        a metric shows as a counter that never goes back)."""
+        return Limits(self.max_open, self.max_settled, settled_pruned=self.settled_pruned)
 
     # --- deciding ---------------------------------------------------------------------------
     def decide(
@@ -226,26 +226,21 @@ class Limits:
     # --- applying effects -------------------------------------------------------------------
     def apply_hold(self, mutation: m.LimitHold) -> None:
         self.entries += 1
-        fingerprint = mutation.fingerprint or ""
+        key = c.fingerprint_key(mutation.fingerprint)
+        packed = c.pack_answer(mutation.answer, mutation.id)
         if not mutation.items:  # a denied reserve: remember the id and its answer
-            self.settled[mutation.id] = Settled(
-                mutation.id,
-                "denied",
-                [],
-                fingerprint,
-                mutation.answer,
-                None,
-                mutation.answer,
-                mutation.created_at_unix,
+            record = c.pack_settled(
+                "denied", mutation.created_at_unix, (key, b""), (packed, None), []
             )
+            self._settled(mutation.id, record)
             return
         hold = Hold(
             mutation.id,
             list(mutation.items),
             mutation.expires_at_unix_ms,
             mutation.created_at_unix,
-            fingerprint,
-            mutation.answer,
+            key,
+            packed,
         )
         self._add_hold(hold)
 
@@ -261,6 +256,7 @@ class Limits:
             return  # settled meanwhile (a late commit): an expiry only ends an open hold
         hold = self.holds.pop(mutation.id, None)
         previous = self.settled.get(mutation.id)
+        reserve_key, reserve_answer, items = b"", None, []
         if hold is not None:
             for series, key, _bucket, _amount in hold.items:
                 by_id = self._held.get((series, key))
@@ -268,24 +264,46 @@ class Limits:
                     by_id.pop(hold.id, None)
                     if not by_id:
                         del self._held[(series, key)]
-            items, fingerprint, answer = hold.items, hold.fingerprint, hold.answer
+            items, reserve_key, reserve_answer = hold.items, hold.key, hold.packed_answer
         elif previous is not None:  # an expired hold committed late
-            items = previous.items
-            fingerprint = previous.reserve_fingerprint
-            answer = previous.reserve_answer
-        else:
-            items, fingerprint, answer = [], "", None
-        self.settled.pop(mutation.id, None)  # re-inserted last: settlement order (prune_settled)
-        self.settled[mutation.id] = Settled(
-            mutation.id,
+            done = c.unpack_settled(mutation.id, previous)
+            items, reserve_key = done.items, done.reserve_key
+            reserve_answer = c.reserve_answer_of(previous)
+        settle_answer = None
+        if mutation.answer is not None:
+            settle_answer = c.pack_answer(mutation.answer, mutation.id)
+        record = c.pack_settled(
             mutation.outcome,
-            items,
-            fingerprint,
-            answer,
-            mutation.fingerprint,
-            mutation.answer,
             mutation.settled_at_unix,
+            (reserve_key, c.fingerprint_key(mutation.fingerprint)),
+            (reserve_answer, settle_answer),
+            items,
         )
+        self._settled(mutation.id, record)
+
+    def _settled(self, hold_id: str, record: bytes) -> None:
+        if self.settled.pop(hold_id, None) is not None:  # re-inserted last: settlement order
+            self._stale[hold_id] = self._stale.get(hold_id, 0) + 1
+        self.settled[hold_id] = record
+        self._order.append(hold_id)
+
+    def _oldest_settled(self) -> str | None:
+        order, stale = self._order, self._stale
+        while order:
+            sid = order[0]
+            older = stale.get(sid)
+            if not older:
+                return sid
+            order.popleft()  # a place the id held before it was settled again
+            if older == 1:
+                del stale[sid]
+            else:
+                stale[sid] = older - 1
+        return None
+
+    def settled_record(self, hold_id: str) -> c.Settled | None:
+        record = self.settled.get(hold_id)
+        return None if record is None else c.unpack_settled(hold_id, record)
 
     def overdue(self, now_ms: int) -> list[Hold]:
         return [hold for hold in self.holds.values() if hold.expires_at_ms <= now_ms]
@@ -297,49 +315,55 @@ class Limits:
     def documents(self) -> dict[str, Any]:
         return {
             "holds": [hold.document() for hold in self.holds.values()],
-            "settled": [done.document() for done in self.settled.values()],
+            "settled": [c.unpack_settled(i, r).document() for i, r in self.settled.items()],
         }
 
     def load(self, document: dict[str, Any]) -> None:
+        """A `karma.limits.json`, today's or one written before issue 23 (whole fingerprints
+        instead of their keys)."""
         for raw in document.get("holds") or []:
+            hold_id = str(raw["id"])
+            if "key" in raw:
+                key = bytes.fromhex(str(raw["key"]))
+            else:
+                key = c.fingerprint_key(raw.get("fingerprint"))
             self._add_hold(
                 Hold(
-                    str(raw["id"]),
-                    [_add(item) for item in raw.get("items") or []],
+                    hold_id,
+                    [c.add_of(item) for item in raw.get("items") or []],
                     int(raw["expires_at_unix_ms"]),
                     int(raw.get("created_at_unix", 0)),
-                    str(raw.get("fingerprint") or ""),
-                    raw.get("answer"),
+                    key,
+                    c.pack_answer(raw.get("answer"), hold_id),
                 )
             )
         for raw in document.get("settled") or []:
-            self.settled[str(raw["id"])] = Settled(
-                str(raw["id"]),
-                str(raw["outcome"]),
-                [_add(item) for item in raw.get("items") or []],
-                str(raw.get("reserve_fingerprint") or ""),
-                raw.get("reserve_answer"),
-                raw.get("settle_fingerprint"),
-                raw.get("answer"),
-                int(raw.get("at", 0)),
-            )
+            self._settled(*c.load_settled(raw))
 
-    def prune_settled(self, before_unix: int) -> int:
-        """Forget settled ids older than `before_unix`, oldest first (they are keys too, kept
-        for the idempotency retention). Settled ids are kept in settlement order, so this
-        stops at the first one young enough: no scan of the rest."""
+    def last_settled_at(self) -> int | None:
+        """When the most recently settled id was settled (what `prune_settled` last saw)."""
+        last = next(reversed(self.settled), None)
+        return None if last is None else c.settled_at(self.settled[last])
+
+    def prune_settled(self, now: int, max_age: int) -> int:
+        """Forget settled ids, oldest first: those settled more than `max_age` seconds before
+        `now` (they are keys too, kept for the idempotency retention; 0 keeps them), then the
+        oldest beyond `max_settled`.
+
+        `now` is the time in the settling WAL entry, never a clock read here, so the master,
+        a replay and a replica forget the same ids at the same entry. Settled ids are kept in
+        settlement order, so this stops at the first one young enough: no scan of the rest.
+        """
         pruned = 0
-        for sid in list(self.settled):
-            if self.settled[sid].at >= before_unix:
+        while (oldest := self._oldest_settled()) is not None:
+            too_old = max_age and c.settled_at(self.settled[oldest]) < now - max_age
+            if not too_old and len(self.settled) <= self.max_settled:
                 break
-            del self.settled[sid]
+            self._order.popleft()
+            del self.settled[oldest]
             pruned += 1
+        self.settled_pruned += pruned
         return pruned
-
-
-def _add(item: Iterable[Any]) -> m.Add:
-    series, key, bucket, amount = item
-    return (str(series), int(key), int(bucket), int(amount))
 
 
 def _effects(mutation: m.Mutation) -> tuple[list[m.Add], list[m.Add]]:

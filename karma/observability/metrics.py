@@ -21,6 +21,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from karma.core.counters import Counters, Histogram, NodeStatus
+from karma.core.limits import Limits
 from karma.core.report import METRICS
 
 Stats = Callable[[], dict[str, object]]
@@ -186,6 +187,34 @@ class ReplicasCollector(Collector):
         )
 
 
+class LimitsCollector(Collector):
+    """Reservations held in memory (issue 23): open holds and settled ids are both bounded
+    (--max-open-reservations, --max-settled-reservations), and settled ids are forgotten
+    oldest first. `GET /metrics` only."""
+
+    def __init__(self, limits: Callable[[], Limits]) -> None:
+        self.limits = limits
+
+    def collect(self) -> Iterator[Metric]:
+        limits = self.limits()
+        yield GaugeMetricFamily(
+            "karma_limit_open_reservations",
+            "Reservations held and not yet committed, voided or expired",
+            value=len(limits.holds),
+        )
+        yield GaugeMetricFamily(
+            "karma_limit_settled_reservations",
+            "Settled reservation ids remembered, so that a retried commit or void replays",
+            value=len(limits.settled),
+        )
+        yield CounterMetricFamily(
+            "karma_limit_settled_pruned",
+            "Settled reservation ids forgotten, past --idempotency-max-age-seconds or"
+            " --max-settled-reservations (a retry then answers not_found)",
+            value=limits.settled_pruned,
+        )
+
+
 def karma_registry(stats: Stats, errors_by: Counters | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(KarmaCollector(stats, errors_by))
@@ -197,6 +226,7 @@ def full_registry(
     counters: Counters,
     status: NodeStatus,
     replica_lsns: Callable[[], dict[str, int]] = dict,
+    limits: Callable[[], Limits] | None = None,
 ) -> CollectorRegistry:
     registry = karma_registry(stats, counters)
     # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
@@ -206,6 +236,8 @@ def full_registry(
     registry.register(WalCollector(status))
     registry.register(ServerCollector(counters))
     registry.register(ReplicasCollector(status, replica_lsns))
+    if limits is not None:
+        registry.register(LimitsCollector(limits))
     return registry
 
 

@@ -73,6 +73,7 @@ def _prepare(config: Config, log: Logger) -> Prepared:
         )
     )
     engine.limits.max_open = config.max_open_reservations
+    engine.limits.max_settled = config.max_settled_reservations
     status = NodeStatus(role=str(config.role), wal_enabled=config.wal, started_at=time.time())
     now = time.time()
     try:
@@ -157,6 +158,7 @@ async def serve(
                     engine.counters,
                     status,
                     lambda: node.context.replicas.lsns,
+                    lambda: engine.limits,  # a replica's bootstrap replaces it
                 )
                 await services.start(
                     serve_metrics,

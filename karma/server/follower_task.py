@@ -266,7 +266,7 @@ class Follower:
         limit_state = await self._fetch_limits()
         limits = self.engine.idempotency
         fresh = Engine(idempotency=IdempotencyTable(limits.max_records, limits.max_age_seconds))
-        fresh.limits.max_open = self.engine.limits.max_open
+        fresh.limits = self.engine.limits.emptied()
         await trio.to_thread.run_sync(self._install, trees, idempotency, limit_state)
         restored = await trio.to_thread.run_sync(self._load, fresh)
         # resume after the oldest cut: newer entries are filtered per series as they arrive

@@ -23,7 +23,8 @@ import trio
 
 from karma.core import mutations as m
 from karma.core import windows as w
-from karma.core.limits import Charge, ItemDecision, Settled
+from karma.core.compact import Settled
+from karma.core.limits import Charge, ItemDecision
 from karma.errors import ErrorCode, KarmaError
 from karma.protocol import envelope
 from karma.protocol.requests import limits as lr
@@ -266,12 +267,12 @@ def _known_reservation(ctx: Context, hold_id: str, fingerprint: str) -> Any:
     limits = ctx.engine.limits
     hold = limits.holds.get(hold_id)
     if hold is not None:
-        if hold.fingerprint != fingerprint:
+        if not hold.same_reserve(fingerprint):
             raise _id_conflict(hold_id)
         return hold.answer
-    done = limits.settled.get(hold_id)
+    done = limits.settled_record(hold_id)
     if done is not None:
-        if done.reserve_fingerprint != fingerprint:
+        if not done.same_reserve(fingerprint):
             raise _id_conflict(hold_id)
         return done.reserve_answer
     return None
@@ -299,13 +300,13 @@ def commit(ctx: Context, req: lr.LimitCommit) -> Outcome:
         _canonical.encode(["limit.commit", opt(req.value), opt(req.values)])
     ).hexdigest()
     hold = limits.holds.get(hold_id)
-    done = limits.settled.get(hold_id)
+    done = None if hold is not None else limits.settled_record(hold_id)
     _, now = ctx.clock()
     if hold is None:
-        if done is None:
+        if done is None:  # never reserved, or settled so long ago it was forgotten
             raise _not_found(hold_id)
         if done.outcome in ("committed", "committed_late"):
-            if done.settle_fingerprint != fingerprint:
+            if not done.same_settle(fingerprint):
                 raise KarmaError(
                     ErrorCode.IDEMPOTENCY_CONFLICT,
                     f'Reservation "{hold_id}" was already committed with value'
@@ -372,7 +373,7 @@ def void(ctx: Context, req: lr.LimitVoid) -> Outcome:
     if (busy := _busy(ctx, claim)) is not None:
         return busy
     hold = limits.holds.get(hold_id)
-    done = limits.settled.get(hold_id)
+    done = None if hold is not None else limits.settled_record(hold_id)
     _, now = ctx.clock()
     fingerprint = "void"
     if hold is None:
@@ -424,7 +425,7 @@ async def reservation(ctx: Context, req: lr.LimitReservation) -> bytes:
             "created_at_unix": hold.created_at,
         }
         return envelope.encode_ok(answer)
-    done = limits.settled.get(hold_id)
+    done = limits.settled_record(hold_id)
     if done is None:
         raise _not_found(hold_id)
     return envelope.encode_ok(
@@ -451,6 +452,8 @@ async def status(ctx: Context, req: lr.LimitStatus) -> bytes:
             "open_reservations": len(limits.holds),
             "settled_reservations": len(limits.settled),
             "max_open_reservations": limits.max_open,
+            "max_settled_reservations": limits.max_settled,
+            "settled_reservations_pruned": limits.settled_pruned,
             "limit_entries_applied": limits.entries,
             "limits_snapshot": meta,
         }
@@ -514,7 +517,7 @@ async def expire_holds(ctx: Context) -> None:
                     break  # the disk refuses: try again on the next round
 
 
-#: decided in one synchronous step; answered later (ctx.Node._decide)
+#: decided in one synchronous step; answered later (node.Node._decide)
 DECISIONS: Final[dict[type, Callable[[Context, Any], Outcome]]] = {
     lr.LimitConsume: consume,
     lr.LimitCheck: check,

@@ -6,15 +6,17 @@ from __future__ import annotations
 import datetime as dt
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from karma import days
-from tests.process.proc import Client, Proc
+from tests.process.proc import Client, Proc, free_port
 
 pytestmark = pytest.mark.process
 API, TOKENS = "api_requests", "llm_tokens"
@@ -237,3 +239,55 @@ def test_holds_expire_on_a_replica_only_through_its_master(pair: tuple[Proc, Pro
         time.sleep(0.05)
     assert b'"outcome":"expired"' in (master.directory / "karma.wal").read_bytes()
     assert ask(master.port, "limit.reservation", id="short")["response"]["status"] == "expired"
+
+
+def scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_a_replica_forgets_the_same_settled_ids_as_its_master(
+    pair: tuple[Proc, Proc],
+) -> None:
+    """Issue 23: with the same --max-settled-reservations, a replica bootstrapped from the
+    master's karma.limits.json and fed its entries keeps exactly the master's newest ids."""
+    master, replica = pair
+    cap = "--max-settled-reservations=5"
+    master.flags.append(cap)
+    replica.flags.append(cap)
+    metrics_port = free_port()
+    master.start()
+    client = Client(master.port)
+    ids = [f"s-{n}" for n in range(14)]
+
+    def cycles(chosen: list[str]) -> None:
+        for n, hold_id in enumerate(chosen):
+            ok(client, "limit.reserve", id=hold_id, **charge(TOKENS, 1, 10**9), value=9)
+            if n % 3 == 2:
+                ok(client, "limit.void", id=hold_id)
+            else:
+                ok(client, "limit.commit", id=hold_id, value=n)
+
+    cycles(ids[:7])
+    ok(client, "snapshot.create_all")  # the replica bootstraps from the sidecar, cut at 5
+    replica.start(
+        "--replication-source-host=127.0.0.1",
+        f"--replication-source-port={master.port}",
+        f"--metrics-port={metrics_port}",
+    )
+    cycles(ids[7:])
+    client.close()
+    wait_caught_up(replica, master)
+    wanted = views(master.port, ids)
+    assert [i for i in ids if wanted[i]["success"]] == ids[-5:]
+    assert views(replica.port, ids) == wanted
+    seen = scrape(metrics_port)
+    assert seen["karma_limit_settled_reservations"] == 5
+    assert seen["karma_limit_open_reservations"] == 0
+    # the sidecar held 5 (the master had pruned 2): each of the 7 entries since prunes one
+    assert seen["karma_limit_settled_pruned_total"] == 7
