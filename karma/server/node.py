@@ -151,24 +151,28 @@ class Node:
         self.books.record(started, failed=False, request=request)
         return envelope.encode_ok_checked(answer, self.config.max_response_bytes)
 
+    def _read(self, request: r.Request) -> object:
+        cls = type(request)
+        if cls in ENGINE_READS:
+            budget = self._budget() if cls in SCANNING_READS else _UNLIMITED
+            return self.engine.read(request, budget)
+        handler = _SHELL_BY_CLASS.get(cls)
+        if handler is None:
+            raise KarmaError(ErrorCode.INTERNAL_ERROR, f"{r.op_tag(cls)} has no handler")
+        return handler(self.context, request)
+
+    def _budget(self) -> AnyBudget:
+        if not self.config.query_timeout_ms:
+            return Unlimited()
+        return Budget(time.monotonic, time.monotonic() + self.config.query_timeout_ms / 1000)
+
+    # --- awaited ------------------------------------------------------------------------------
     async def handle_async(self, request: r.Request) -> bytes:
         if not request.asks_term:
             return await self._handle_async(request)
         # a request carrying term or durability: answered as itself, then acknowledged
         answer = self._handle_async if type(request) in _AWAITED else self.settle
         return await durability.with_term(self.context, self.books, request, answer)
-
-    async def settle(self, request: r.Request) -> bytes:
-        """`handle`, waiting for the answer: for a reservation id being settled by another
-        request, after that one is done; for a write, until it is durable."""
-        while True:
-            answer = self.handle(request)
-            if not isinstance(answer, Waiting):
-                return answer
-            with trio.CancelScope(shield=True):  # decided is decided: the effect stays
-                await answer.pending.done.wait()
-            if not isinstance(answer, Busy):
-                return answer.answer()
 
     async def _handle_async(self, request: r.Request) -> bytes:
         started = time.perf_counter()
@@ -192,34 +196,26 @@ class Node:
         self.books.record(started, failed=False, request=request)
         return envelope.encode_ok_checked(response, self.config.max_response_bytes)
 
-    def handle_line(self, line: bytes) -> bytes | Waiting:
-        request = self.decode(line)
-        return request if isinstance(request, bytes) else self.handle(request)
+    async def settle(self, request: r.Request) -> bytes:
+        """`handle`, waiting for the answer: for a reservation id being settled by another
+        request, after that one is done; for a write, until it is durable."""
+        while True:
+            answer = self.handle(request)
+            if not isinstance(answer, Waiting):
+                return answer
+            with trio.CancelScope(shield=True):  # decided is decided: the effect stays
+                await answer.pending.done.wait()
+            if not isinstance(answer, Busy):
+                return answer.answer()
 
     # --- answers -------------------------------------------------------------------------------
     def acknowledges(self, request: r.Request) -> bool:
         """Does a success answer to `request` acknowledge a write (fenced on an HA node)?"""
         return optable.SPEC_BY_CLASS[type(request)].access is not Access.READ
 
-    def acknowledge(self, data: bytes) -> bytes:
-        """The fencing rule (`Books.acknowledge`), right before an answer is sent."""
-        return self.books.acknowledge(data)
-
-    # --- reads ---------------------------------------------------------------------------------
-    def _read(self, request: r.Request) -> object:
-        cls = type(request)
-        if cls in ENGINE_READS:
-            budget = self._budget() if cls in SCANNING_READS else _UNLIMITED
-            return self.engine.read(request, budget)
-        handler = _SHELL_BY_CLASS.get(cls)
-        if handler is None:
-            raise KarmaError(ErrorCode.INTERNAL_ERROR, f"{r.op_tag(cls)} has no handler")
-        return handler(self.context, request)
-
-    def _budget(self) -> AnyBudget:
-        if not self.config.query_timeout_ms:
-            return Unlimited()
-        return Budget(time.monotonic, time.monotonic() + self.config.query_timeout_ms / 1000)
+    def handle_line(self, line: bytes) -> bytes | Waiting:
+        request = self.decode(line)
+        return request if isinstance(request, bytes) else self.handle(request)
 
 
 _OP_FIELD: Final = re.compile(rb'"op"\s*:\s*"([a-z_]{1,40}\.[a-z_]{1,40})"')
