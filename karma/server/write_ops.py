@@ -29,8 +29,11 @@ def _mutation(ctx: Context, request: r.Request) -> m.Mutation | Immediate:
 
 
 def write(ctx: Context, request: r.Request) -> Outcome:
-    """A plain write: applied at once when it can be (no WAL, or nothing queued and no fsync),
-    else queued on the WAL writer (its answer rests on the returned entry)."""
+    """A write: keyed when its op takes an idempotency key and it carries one; else a plain
+    write, applied at once when it can be (no WAL, or nothing queued and no fsync), else
+    queued on the WAL writer (its answer rests on the returned entry)."""
+    if request.idempotency_key is not UNSET and type(request) in _KEYED:
+        return keyed(ctx, request)
     mutation = _mutation(ctx, request)
     if isinstance(mutation, Immediate):
         response = mutation.response
@@ -42,13 +45,6 @@ def write(ctx: Context, request: r.Request) -> Outcome:
     else:
         return ctx.writer.submit_nowait(mutation)
     return envelope.encode_ok_checked(response, ctx.config.max_response_bytes)
-
-
-def write_or_keyed(ctx: Context, request: r.Request) -> Outcome:
-    """A write whose op takes an idempotency key: keyed when it carries one."""
-    if request.idempotency_key is UNSET:
-        return write(ctx, request)
-    return keyed(ctx, request)
 
 
 def keyed(ctx: Context, request: r.Request) -> Outcome:
@@ -146,4 +142,4 @@ ASYNC: Final[dict[type, AsyncHandler]] = {
 }
 #: every write, decided and queued in one synchronous step (aliases included): the
 #: sequential ones come here only when the caller does not await them (`Node.handle_line`)
-SYNC: Final = {cls: write_or_keyed if cls in _KEYED else write for cls in WRITES}
+SYNC: Final = dict.fromkeys(WRITES, write)
