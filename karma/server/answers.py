@@ -89,13 +89,13 @@ class Books:
 
     def later(self, outcome: Outcome, started: float, request: r.Request) -> Waiting:
         """The answer to come of a handler's unfinished outcome (not bytes)."""
+        if isinstance(outcome, Pending):  # a plain write queued: answered from its response
+            return Waiting(self, outcome, started, request)
         if isinstance(outcome, Later):
             kind = Duplicate if outcome.duplicate else Deferred
             return kind(self, outcome.pending, started, request, reply=outcome.reply)
-        if isinstance(outcome, Settling):
-            return Busy(self, outcome.pending, started, request)
-        assert isinstance(outcome, Pending)
-        return Waiting(self, outcome, started, request)
+        assert isinstance(outcome, Settling)
+        return Busy(self, outcome.pending, started, request)
 
 
 @attrs.define(eq=False)
