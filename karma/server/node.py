@@ -136,9 +136,8 @@ class Node:
             cls = type(request)
             decide = _DECIDED.get(cls)
             if decide is not None:  # a write or a limit decision
-                fence = self.fence  # HA: a write is refused up front once the lease ran out
-                if fence is not None and cls in _FENCED and not fence.may_ack():
-                    raise fence.refusal()
+                if cls in _FENCED:
+                    self._check_fence()
                 outcome: Outcome = decide(self.context, request)
                 if outcome.__class__ is not bytes:
                     return self.books.later(outcome, started, request)
