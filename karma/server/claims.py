@@ -19,6 +19,28 @@ from karma.server.wal_writer import Pending, WalWriter
 Reply = Callable[[Pending], bytes]
 
 
+@attrs.frozen
+class Later:
+    """An answer that rests on `pending`: once it is done, its error, or what `reply` builds."""
+
+    pending: Pending
+    reply: Reply
+    #: `pending` is the first copy's (this is a copy of a key in flight), not this request's
+    duplicate: bool = False
+
+
+@attrs.frozen
+class Busy:
+    """The reservation id is being settled by `pending`: decide again once it is done."""
+
+    pending: Pending
+
+
+#: a write's or a limit decision's outcome: its answer now, or the entry it rests on (a plain
+#: write's own, answered from its response), or a Later, or a Busy (karma.server.answers)
+Outcome = bytes | Pending | Later | Busy
+
+
 @attrs.define(eq=False, slots=True)
 class Claim:
     """A key or reservation id being written: the request's fingerprint and its entry."""

@@ -26,7 +26,8 @@ from karma.core.engine import WRITES
 from karma.errors import ErrorCode, KarmaError
 from karma.protocol import envelope
 from karma.protocol.framing import LineBuffer
-from karma.server.node import Acknowledgement, Busy, Node, Waiting
+from karma.server.answers import Acknowledgement, Busy, Waiting
+from karma.server.node import Node
 
 RECEIVE_BYTES = 65536
 
@@ -258,7 +259,7 @@ async def answer_all(
                     continue
         built += len(answer)
         if fenced and not isinstance(request, bytes) and node.acknowledges(request):
-            answers.append(Acknowledgement(node, answer))
+            answers.append(Acknowledgement(node.books, answer))
         else:
             answers.append(answer)
         if send is not None and built > limit:

@@ -1,8 +1,8 @@
 """What an op family's handlers may use: the node's parts, not the node.
 
-The request's life (decode, admit, dispatch, write, answer) is `server/node.py`; the families
-beside it (`system_ops`, `recovery_ops`, `replication_ops`, `snapshot_ops`, `limit_ops`) receive
-this context, so none of them imports the node back.
+The request's life (decode, admit, dispatch, record) is `server/node.py`; the families beside it
+(`write_ops`, `limit_ops`, `system_ops`, `recovery_ops`, `replication_ops`, `snapshot_ops`)
+receive this context and return their answers, so none of them imports the node back.
 """
 
 from __future__ import annotations

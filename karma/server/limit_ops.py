@@ -17,7 +17,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-import attrs
 import msgspec
 import trio
 
@@ -29,7 +28,7 @@ from karma.errors import ErrorCode, KarmaError
 from karma.protocol import envelope
 from karma.protocol.requests import limits as lr
 from karma.protocol.requests import opt
-from karma.server.claims import Claim
+from karma.server.claims import Busy, Claim, Later, Outcome
 from karma.server.context import Context
 from karma.server.wal_writer import Pending
 from karma.storage import files, snapshot_files
@@ -130,24 +129,6 @@ def _answer(
 
 
 # --- effects ---------------------------------------------------------------------------------
-@attrs.frozen
-class Later:
-    """An answer that rests on `pending`: once it is done, its error, or what `reply` builds."""
-
-    pending: Pending
-    reply: Callable[[Pending], bytes]
-    #: `pending` is the first copy's (this is a copy of a key in flight), not this request's
-    duplicate: bool = False
-
-
-@attrs.frozen
-class Busy:
-    """The reservation id is being settled by `pending`: decide again once it is done."""
-
-    pending: Pending
-
-
-Outcome = bytes | Later | Busy
 
 
 def _constant(data: bytes) -> Callable[[Pending], bytes]:
@@ -517,7 +498,7 @@ async def expire_holds(ctx: Context) -> None:
                     break  # the disk refuses: try again on the next round
 
 
-#: decided in one synchronous step; answered later (node.Node._decide)
+#: decided in one synchronous step; answered later (the node wraps a Later or Busy: answers.py)
 DECISIONS: Final[dict[type, Callable[[Context, Any], Outcome]]] = {
     lr.LimitConsume: consume,
     lr.LimitCheck: check,

@@ -65,6 +65,9 @@ def test_answers_carry_the_term_and_a_newer_term_is_refused(three: list[Proc]) -
     plain = write(master, 1)  # without the field: karma 1.0's answer, no term
     assert "term" not in plain
     replica = next(p for p in three if p is not master)
+    # replication is asynchronous: read once the replica holds the master's writes (under load
+    # it may not have the series yet, and a read would answer not_found)
+    wait_for(lambda: total(replica, 1) == total(master, 1), 15)
     read = call(replica, "counter.sum", series="s", key=1, from_day=B1, to_day=B1, term=0)
     assert read.get("term") == term  # a replica answers with the term it follows
     bad = write(master, 1, durability="replicated:x")
