@@ -49,7 +49,10 @@ def cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
 
 @pytest.fixture
 def three(tmp_path: Path, cluster: EtcdCluster) -> Iterator[list[Proc]]:
-    procs = [node(tmp_path, cluster, f"n{i}") for i in range(3)]
+    # docs/ha.md's rule: ttl - margin - loop_wait above three etcd election timeouts (500 ms
+    # here). At ttl 3 that needs loop_wait 0.5 (1.75 s > 1.5 s); at 1 s the window is 1.25 s,
+    # and under CI load a keepalive caught in the election landed ~30 ms past the deadline
+    procs = [node(tmp_path, cluster, f"n{i}", "--ha-loop-wait=0.5") for i in range(3)]
     try:
         yield procs
     finally:
