@@ -27,7 +27,14 @@ from karma.core.engine import Engine
 from karma.core.counters import NodeStatus
 from karma.observability.logs import Logger
 from karma.server.node import Node
-node = Node(Config(wal=False), Engine(), NodeStatus(), Logger(enabled=False), None)
+def make_node(config, engine, status, log, writer):
+    try:  # a Node built from its Context (since issue 24), or from the parts before that
+        from karma.server.context import Context
+    except ImportError:
+        return Node(config, engine, status, log, writer)
+    from pathlib import Path
+    return Node(Context(config, engine, status, log, Path(config.directory).resolve(), writer))
+node = make_node(Config(wal=False), Engine(), NodeStatus(), Logger(enabled=False), None)
 def line(obj): return json.dumps(obj).encode()
 inc = line({"v":2,"op":"counter.increment","series":"links","key":42,"bucket":20260505,"value":1})
 s = line({"v":2,"op":"counter.sum","series":"links","key":42})
@@ -52,8 +59,8 @@ try:
     wal = ActiveWal(directory, fsync=False, segment_bytes=0)
     wal.open([])
     engine, status, log = Engine(), NodeStatus(), Logger(enabled=False)
-    logged = Node(Config(wal=True, wal_fsync=False), engine, status, log,
-                  WalWriter(engine, wal, status, log))
+    logged = make_node(Config(wal=True, wal_fsync=False), engine, status, log,
+                       WalWriter(engine, wal, status, log))
     logged.handle_line(inc)
     t = time.perf_counter()
     for _ in range(50000):

@@ -136,3 +136,8 @@ if len(SPEC_BY_CLASS) != len(ALL_CLASSES):
 CLASS_BY_TAG: Final[dict[str, type[r.Request]]] = {r.op_tag(cls): cls for cls in ALL_CLASSES}
 #: request class → wire op tag (metrics label per op; aliases keep their own name).
 TAG_BY_CLASS: Final[dict[type[r.Request], str]] = {cls: tag for tag, cls in CLASS_BY_TAG.items()}
+#: request classes whose success acknowledges a change (WRITE and ADMIN ops): refused on a
+#: read-only node, fenced on an HA master (aliases included)
+CHANGING: Final[frozenset[type[r.Request]]] = frozenset(
+    cls for cls, spec in SPEC_BY_CLASS.items() if spec.access is not Access.READ
+)

@@ -36,7 +36,7 @@ from karma.observability.logs import Logger
 from karma.server import limit_ops, system_ops, systemd
 from karma.server.accept import AcceptFailures, listen, serve_listeners
 from karma.server.connections import Drain, serve_connection
-from karma.server.context import HaView
+from karma.server.context import Context, HaView
 from karma.server.follower_task import Follower
 from karma.server.ha_task import HaTask, Settings
 from karma.server.metrics_http import Probes, serve_metrics
@@ -141,7 +141,8 @@ async def serve(
         fence = Fence(time.monotonic)  # closed: every HA node starts read-only
         writer.fence = fence
         status.role = str(Role.SLAVE)
-    node = Node(config, engine, status, log, writer, snapshots, checkpoints, fence=fence)
+    context = Context(config, engine, status, log, directory, writer, snapshots, checkpoints, fence)
+    node = Node(context)
     if writer is not None:
         writer.on_logged = node.context.replicas.wal_appended
     drain = Drain()

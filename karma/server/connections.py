@@ -71,7 +71,7 @@ async def serve_connection(node: Node, drain: Drain, stream: trio.SocketStream) 
     # a request costs one trip: the wait for its bytes.
     raw = socket.socket(fileno=stream.socket.detach())
     raw.setblocking(False)
-    config = node.config
+    config = node.context.config
     if not config.nodelay:  # trio turns TCP_NODELAY on by default
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, False)
     buffer = LineBuffer(config.max_request_bytes)
@@ -140,8 +140,9 @@ async def serve_connection(node: Node, drain: Drain, stream: trio.SocketStream) 
                         f"Request exceeds {config.max_request_bytes} bytes",
                     )
                     out.append(envelope.encode_error(error))
-                    node.engine.counters.record(0.0, failed=True)
-                    node.engine.counters.record_error(str(ErrorCode.REQUEST_TOO_LARGE), "-")
+                    counters = node.context.engine.counters
+                    counters.record(0.0, failed=True)
+                    counters.record_error(str(ErrorCode.REQUEST_TOO_LARGE), "-")
                 if out:
                     # inline rather than `await send(...)`: most answers leave in this one call
                     payload = out[0] if len(out) == 1 else b"".join(out)
@@ -218,7 +219,7 @@ async def answer_all(
     # a store write of this connection is among those waiting: a limit decision, which counts
     # pending limit effects by itself, waits for it as a read would
     stored = False
-    fenced = node.fence is not None  # HA: write answers are checked again as they leave
+    fenced = node.context.fence is not None  # HA: write answers are checked again as they leave
     for line in lines:
         request = node.decode(line)
         answer: bytes | Waiting

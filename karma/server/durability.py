@@ -14,7 +14,6 @@ import trio
 from karma.errors import ErrorCode, KarmaError
 from karma.protocol import envelope, optable
 from karma.protocol import requests as r
-from karma.protocol.optable import Access
 from karma.server.answers import Books
 from karma.server.context import Context
 
@@ -26,7 +25,7 @@ async def with_term(
     answer: Callable[[r.Request], Awaitable[bytes]],
 ) -> bytes:
     cls = type(request)
-    write = optable.SPEC_BY_CLASS[cls].access is not Access.READ
+    write = cls in optable.CHANGING
     started = time.perf_counter()
     fence = ctx.fence
     try:

@@ -16,25 +16,19 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Final
 
 import attrs
 import trio
 
-from karma.config import Config
 from karma.config_values import Role
 from karma.core.budget import AnyBudget, Budget, Unlimited
-from karma.core.counters import NodeStatus
-from karma.core.engine import ENGINE_READS, SCANNING_READS, WRITES, Engine
+from karma.core.engine import ENGINE_READS, SCANNING_READS, WRITES
 from karma.errors import ErrorCode, KarmaError
-from karma.ha.fence import Fence
-from karma.observability.logs import Logger
 from karma.protocol import envelope, optable
 from karma.protocol import requests as r
 from karma.protocol.decode import decode
 from karma.protocol.gate import Gate
-from karma.protocol.optable import Access
 from karma.server import (
     durability,
     limit_ops,
@@ -48,54 +42,33 @@ from karma.server.answers import Books, Busy, Waiting
 from karma.server.claims import Outcome
 from karma.server.context import AsyncHandler, Context, SyncHandler
 from karma.server.replication_ops import LongPoll
-from karma.server.snapshotter import Snapshotter
-from karma.server.wal_writer import WalWriter
 
 
 @attrs.define(eq=False)
 class Node:
-    config: Config
-    engine: Engine
-    status: NodeStatus
-    log: Logger
-    writer: WalWriter | None = None
-    snapshots: Snapshotter | None = None
-    checkpoints: dict[str, dict[str, Any]] = attrs.field(factory=dict)
-    #: HA (--ha-etcd): writes are acknowledged only while this is open (karma.ha.fence)
-    fence: Fence | None = None
-    #: what the op families' handlers may use (they never see the node)
-    context: Context = attrs.field(init=False)
+    #: what the node and the op families' handlers work with (the handlers never see the node)
+    context: Context
     gate: Gate = attrs.field(init=False)
     #: where answers are recorded (counters, slow log, errors) and checked against the fence
     books: Books = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        directory = Path(self.config.directory).resolve()
-        self.context = Context(
-            self.config,
-            self.engine,
-            self.status,
-            self.log,
-            directory,
-            self.writer,
-            self.snapshots,
-            self.checkpoints,
-            self.fence,
-        )
+        ctx = self.context
+        config = ctx.config
         self.gate = Gate(
-            self.config.auth_token,
-            self.config.read_auth_token,
+            config.auth_token,
+            config.read_auth_token,
             # with HA every node starts read-only; the HA task opens the leader's gate
-            slave=self.config.role is Role.SLAVE or self.fence is not None,
-            fence=self.fence,
+            slave=config.role is Role.SLAVE or ctx.fence is not None,
+            fence=ctx.fence,
         )
         self.books = Books(
-            self.engine.counters,
-            self.log,
-            self.context.slowlog,
-            self.config.max_response_bytes,
-            self.fence,
-            float(self.config.slow_request_ms or "inf"),
+            ctx.engine.counters,
+            ctx.log,
+            ctx.slowlog,
+            config.max_response_bytes,
+            ctx.fence,
+            float(config.slow_request_ms or "inf"),
         )
 
     # --- decode and admit ----------------------------------------------------------------------
@@ -104,8 +77,8 @@ class Node:
         try:
             return decode(line, self.gate)
         except KarmaError as exc:
-            self.engine.counters.record(0.0, failed=True)
-            self.engine.counters.record_error(str(exc.code), _op_of(line))
+            self.context.engine.counters.record(0.0, failed=True)
+            self.context.engine.counters.record_error(str(exc.code), _op_of(line))
             return envelope.encode_error(exc)
 
     @staticmethod
@@ -124,7 +97,7 @@ class Node:
 
     def _check_fence(self) -> None:
         """HA: refuse a write up front once the lease deadline passed (nothing is written)."""
-        fence = self.fence
+        fence = self.context.fence
         if fence is not None and not fence.may_ack():
             raise fence.refusal()
 
@@ -149,22 +122,24 @@ class Node:
         except Exception as exc:  # noqa: BLE001 - a bug: logged below, answered, server keeps serving
             return self.books.bug(exc, request, started)
         self.books.record(started, failed=False, request=request)
-        return envelope.encode_ok_checked(answer, self.config.max_response_bytes)
+        return envelope.encode_ok_checked(answer, self.context.config.max_response_bytes)
 
     def _read(self, request: r.Request) -> object:
         cls = type(request)
         if cls in ENGINE_READS:
             budget = self._budget() if cls in SCANNING_READS else _UNLIMITED
-            return self.engine.read(request, budget)
+            return self.context.engine.read(request, budget)
         handler = _SHELL_BY_CLASS.get(cls)
         if handler is None:
             raise KarmaError(ErrorCode.INTERNAL_ERROR, f"{r.op_tag(cls)} has no handler")
         return handler(self.context, request)
 
     def _budget(self) -> AnyBudget:
-        if not self.config.query_timeout_ms:
+        if not self.context.config.query_timeout_ms:
             return Unlimited()
-        return Budget(time.monotonic, time.monotonic() + self.config.query_timeout_ms / 1000)
+        return Budget(
+            time.monotonic, time.monotonic() + self.context.config.query_timeout_ms / 1000
+        )
 
     # --- awaited ------------------------------------------------------------------------------
     async def handle_async(self, request: r.Request) -> bytes:
@@ -178,7 +153,7 @@ class Node:
         started = time.perf_counter()
         try:
             cls = type(request)
-            if optable.SPEC_BY_CLASS[cls].access is not Access.READ:
+            if cls in optable.CHANGING:
                 self._check_fence()
             limit_op = limit_ops.HANDLERS.get(cls)
             if limit_op is not None:
@@ -194,7 +169,7 @@ class Node:
         except Exception as exc:  # noqa: BLE001 - a bug: logged below, answered, server keeps serving
             return self.books.bug(exc, request, started)
         self.books.record(started, failed=False, request=request)
-        return envelope.encode_ok_checked(response, self.config.max_response_bytes)
+        return envelope.encode_ok_checked(response, self.context.config.max_response_bytes)
 
     async def settle(self, request: r.Request) -> bytes:
         """`handle`, waiting for the answer: for a reservation id being settled by another
@@ -211,7 +186,7 @@ class Node:
     # --- answers -------------------------------------------------------------------------------
     def acknowledges(self, request: r.Request) -> bool:
         """Does a success answer to `request` acknowledge a write (fenced on an HA node)?"""
-        return optable.SPEC_BY_CLASS[type(request)].access is not Access.READ
+        return type(request) in optable.CHANGING
 
     def handle_line(self, line: bytes) -> bytes | Waiting:
         request = self.decode(line)
@@ -249,9 +224,7 @@ _DECIDED: Final[dict[type, Callable[[Context, Any], Outcome]]] = {
     **write_ops.SYNC,
     **optable.by_class(limit_ops.DECISIONS),
 }
-_FENCED: Final = frozenset(
-    cls for cls in _DECIDED if optable.SPEC_BY_CLASS[cls].access is not Access.READ
-)
+_FENCED: Final = optable.CHANGING.intersection(_DECIDED)
 _SHELL_BY_CLASS: Final = optable.by_class(_SHELL)
 _ASYNC_BY_CLASS: Final = optable.by_class(_ASYNC)
 #: awaited by the connection whether or not they carry a term

@@ -106,8 +106,9 @@ class ServerRoles:
             self._follower.cancel()
             await self._follower_done.wait()
         self._follower = self._follower_done = None
-        if self.node.writer is not None:
-            await self.node.writer.barrier()  # entries it queued are logged and applied
+        writer = self.node.context.writer
+        if writer is not None:
+            await writer.barrier()  # entries it queued are logged and applied
 
     async def promote(self, term: int, history: list[rules.TermStart]) -> None:
         await self.stop_following()
@@ -130,7 +131,12 @@ class ServerRoles:
             replication_source_port=int(port),
         )
         follower = Follower(
-            config, self.directory, self.node.engine, self.status, self.node.writer, self.log
+            config,
+            self.directory,
+            self.node.context.engine,
+            self.status,
+            self.node.context.writer,
+            self.log,
         )
         follower.name = self.name
         follower.term = self.entry_term

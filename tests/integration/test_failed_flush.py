@@ -25,6 +25,7 @@ from karma.core.counters import NodeStatus
 from karma.core.engine import Engine
 from karma.observability.logs import Logger
 from karma.server.connections import Drain, serve_connection
+from karma.server.context import Context
 from karma.server.node import Node
 from karma.server.wal_writer import WalWriter
 from karma.storage import recovery
@@ -63,7 +64,7 @@ async def server(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Server]
     writer = WalWriter(engine, disk, status, log)
     await nursery.start(writer.run)
     config = Config(bind="127.0.0.1", port=0, directory=str(tmp_path), log=False)
-    node = Node(config, engine, status, log, writer)
+    node = Node(Context(config, engine, status, log, tmp_path, writer))
     listeners = await nursery.start(
         partial(trio.serve_tcp, partial(serve_connection, node, Drain()), 0, host="127.0.0.1")
     )
@@ -95,7 +96,7 @@ async def test_a_decision_gathered_behind_a_failed_flush_is_not_acknowledged(
     second = await LineClient.connect(server.port)
     await first.send_raw(consume())  # A: its flush is held on the disk
     assert await trio.to_thread.run_sync(server.disk.entered.wait, 10)
-    writer = server.node.writer
+    writer = server.node.context.writer
     assert writer is not None
     async with writer._file_lock:  # the writer gathers B but cannot hand it over yet
         await second.send_raw(consume())  # B: decided counting A as pending
@@ -110,8 +111,8 @@ async def test_a_decision_gathered_behind_a_failed_flush_is_not_acknowledged(
         assert b["response"]["used"] == 1, b
     else:
         assert b["error_code"] == "storage_unavailable", b
-    assert server.node.engine.store.series.get(S) is None or (
-        server.node.engine.store.series[S].sum(1) == int(acknowledged)
+    assert server.node.context.engine.store.series.get(S) is None or (
+        server.node.context.engine.store.series[S].sum(1) == int(acknowledged)
     )
     assert replayed_usage(server.directory) == int(acknowledged)
     for client in (first, second):
@@ -136,13 +137,13 @@ async def test_a_failed_flush_fails_the_pipelined_decisions_behind_it_and_a_deni
     assert (await other.reply())["error_code"] == "storage_unavailable"
     answers = [await client.reply() for _ in range(13)]
     assert [a["error_code"] for a in answers] == ["storage_unavailable"] * 13, answers
-    assert server.node.engine.limits._pending == {}  # nothing left counted as pending
+    assert server.node.context.engine.limits._pending == {}  # nothing left counted as pending
     assert server.node.context.claims.inflight == {}  # every claim dropped
     await client.send_raw(b"".join(consume(k) for k in keys))
     again = [await client.reply() for _ in keys]
     used = [a["response"]["used"] for a in again if a["response"]["allowed"]]
     assert used == list(range(1, 11)), again
-    assert server.node.engine.store.series[S].sum(1) == 10
+    assert server.node.context.engine.store.series[S].sum(1) == 10
     assert replayed_usage(server.directory) == 10
     for c in (client, other):
         await c.aclose()

@@ -26,6 +26,7 @@ from karma.core.engine import Engine
 from karma.ha.fence import Fence
 from karma.observability.logs import Logger
 from karma.server.connections import Drain, serve_connection
+from karma.server.context import Context
 from karma.server.node import Node
 from karma.server.wal_writer import WalWriter
 from karma.storage import recovery
@@ -76,7 +77,7 @@ async def master(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Master]
     writer.fence = fence
     await nursery.start(writer.run)
     config = Config(bind="127.0.0.1", port=0, directory=str(tmp_path), log=False)
-    node = Node(config, engine, status, log, writer, fence=fence)
+    node = Node(Context(config, engine, status, log, tmp_path, writer, fence=fence))
     node.gate = attrs.evolve(node.gate, slave=False)  # leading: the HA task opens the gate
     listeners = await nursery.start(
         partial(trio.serve_tcp, partial(serve_connection, node, Drain()), 0, host="127.0.0.1")
@@ -162,7 +163,7 @@ async def test_with_the_lease_kept_copies_are_applied_once_and_replayed(master: 
     a, b = await first.reply(), await second.reply()
     assert (a["success"], a["idempotent"]) == (True, False)
     assert (b["success"], b["idempotent"]) == (True, True)
-    assert master.node.engine.store.series[S].sum(3) == 5
+    assert master.node.context.engine.store.series[S].sum(3) == 5
     replayed = Engine()
     recovery.restore(
         master.directory, replayed, today=B1, now=0, replay=True, log=Logger(enabled=False)
