@@ -160,6 +160,7 @@ async def serve(
                     status,
                     lambda: node.context.replicas.lsns,
                     lambda: engine.limits,  # a replica's bootstrap replaces it
+                    node.context.clocks.behind_s,
                 )
                 await services.start(
                     serve_metrics,
