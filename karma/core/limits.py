@@ -130,6 +130,10 @@ class Limits:
     entries: int = 0
     #: holds added since the last `bound_expiries`: they have no deadline yet
     _unbound: list[str] = attrs.field(factory=list)
+    #: id(a pending hold's mutation) → its deadline, decided with it (see `pend`)
+    _planned: dict[int, int] = attrs.field(factory=dict)
+    #: (hold id, deadline) of the hold just unpended: its `apply_hold` comes next, or never
+    _arriving: tuple[str, int] | None = None
 
     def emptied(self) -> Limits:
         """No holds and no settled ids, with these bounds (and the count of pruned ids, which
@@ -219,12 +223,16 @@ class Limits:
             )
 
     # --- pending effects --------------------------------------------------------------------
-    def pend(self, mutation: m.Mutation) -> None:
+    def pend(self, mutation: m.Mutation, deadline_ms: int | None = None) -> None:
+        """`deadline_ms`: a hold's deadline on the monotonic clock, reckoned from its decision,
+        so the WAL write's time does not lengthen its life."""
         adds, holds = _effects(mutation)
         if not (adds or holds):
             return
         token = id(mutation)
         self._pending[token] = (adds, holds)
+        if deadline_ms is not None and isinstance(mutation, m.LimitHold):
+            self._planned[token] = deadline_ms
         if isinstance(mutation, m.LimitSettle):
             self._settling[mutation.id] = adds
         for series, key, bucket, amount in adds:
@@ -238,6 +246,11 @@ class Limits:
         found = self._pending.pop(token, None)
         if found is None:
             return
+        planned = self._planned.pop(token, None)
+        if planned is not None and isinstance(mutation, m.LimitHold):
+            # the engine applies it right after this (or the write failed: overwritten by
+            # the next one, and `apply_hold` checks the id)
+            self._arriving = (mutation.id, planned)
         if isinstance(mutation, m.LimitSettle):
             self._settling.pop(mutation.id, None)
         adds, holds = found
@@ -253,6 +266,7 @@ class Limits:
     # --- applying effects -------------------------------------------------------------------
     def apply_hold(self, mutation: m.LimitHold) -> None:
         self.entries += 1
+        arriving, self._arriving = self._arriving, None
         key = c.fingerprint_key(mutation.fingerprint)
         packed = c.pack_answer(mutation.answer, mutation.id)
         if not mutation.items:  # a denied reserve: remember the id and its answer
@@ -269,18 +283,22 @@ class Limits:
             key,
             packed,
         )
+        if arriving is not None and arriving[0] == hold.id:
+            hold.deadline_ms = arriving[1]  # decided with it on this node: no need to bound
         self._add_hold(hold)
 
     def _add_hold(self, hold: Hold) -> None:
         self.holds[hold.id] = hold
+        for series, key, bucket, amount in hold.items:
+            parts = self._held.setdefault((series, key), {}).setdefault(hold.id, [])
+            parts.append((bucket, amount))
+        if hold.deadline_ms != UNBOUND:
+            return
         self._unbound.append(hold.id)
         if len(self._unbound) > 2 * len(self.holds) + 1024:
             # a node that never looks (a replica nobody asks) would keep every id: drop the
             # settled ones, amortised over the appends that made the list this long
             self._unbound = [i for i in self._unbound if i in self.holds]
-        for series, key, bucket, amount in hold.items:
-            parts = self._held.setdefault((series, key), {}).setdefault(hold.id, [])
-            parts.append((bucket, amount))
 
     def apply_settle(self, mutation: m.LimitSettle) -> None:
         self.entries += 1

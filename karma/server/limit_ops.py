@@ -147,14 +147,21 @@ def _constant(data: bytes) -> Callable[[Pending], bytes]:
 
 
 def _effect(
-    ctx: Context, mutation: m.Mutation, data: bytes, claim: str | None = None, fingerprint: str = ""
+    ctx: Context,
+    mutation: m.Mutation,
+    data: bytes,
+    claim: str | None = None,
+    fingerprint: str = "",
+    deadline_ms: int | None = None,
 ) -> bytes | Later:
-    """Submit one effect, answered `data` once applied; until then it counts as pending."""
+    """Submit one effect, answered `data` once applied; until then it counts as pending. A
+    hold's `deadline_ms` (monotonic) is its TTL from the decision."""
     engine = ctx.engine
     if ctx.writer is None:
         engine.apply(mutation)
+        _mono_ms(ctx)  # the new hold's deadline: its TTL from now
         return data
-    engine.limits.pend(mutation)  # applied (or failed) batches unpend it in the writer
+    engine.limits.pend(mutation, deadline_ms)  # applied (or failed) batches unpend it
     return Later(ctx.claims.submit(mutation, claim, fingerprint), _constant(data))
 
 
@@ -240,10 +247,10 @@ def reserve(ctx: Context, req: lr.LimitReserve) -> Outcome:
     limits.check_capacity()
     # the expiry and the creation time from one reading: the TTL is their difference
     # (`Hold.ttl_ms`), what bounds the hold's life on any node that loads it later
-    wall_ms = ctx.clocks.wall_ms()
+    wall_ms, mono_ms = ctx.clocks.wall_ms(), _mono_ms(ctx)
     now = wall_ms // 1000
     expires = wall_ms + req.ttl * 1000
-    decisions = limits.decide(engine.store, charges, today, now, _mono_ms(ctx))
+    decisions = limits.decide(engine.store, charges, today, now, mono_ms)
     allowed = all(d.allowed for d in decisions)
     head = {"id": hold_id, "status": "held" if allowed else "denied", "expires_at_unix_ms": expires}
     answer = _answer(req, decisions, hold=True, head=head)
@@ -255,7 +262,8 @@ def reserve(ctx: Context, req: lr.LimitReserve) -> Outcome:
         fingerprint=fingerprint,
         answer=answer,
     )
-    return _effect(ctx, mutation, envelope.encode_idempotent(answer, replayed=False), claim)
+    data = envelope.encode_idempotent(answer, replayed=False)
+    return _effect(ctx, mutation, data, claim, deadline_ms=mono_ms + req.ttl * 1000)
 
 
 def _known_reservation(ctx: Context, hold_id: str, fingerprint: str) -> Any:
