@@ -143,6 +143,7 @@ async def serve(
         status.role = str(Role.SLAVE)
     context = Context(config, engine, status, log, directory, writer, snapshots, checkpoints, fence)
     node = Node(context)
+    limit_ops.bound_loaded_holds(context)
     if writer is not None:
         writer.on_logged = node.context.replicas.wal_appended
     drain = Drain()

@@ -51,6 +51,13 @@ def _mono_ms(ctx: Context) -> int:
     return mono
 
 
+def bound_loaded_holds(ctx: Context) -> None:
+    """At start: the holds restored from snapshots and the WAL get their deadlines now, and
+    those whose expiry lay more than a TTL ahead of this clock are logged before any client
+    asks."""
+    _mono_ms(ctx)
+
+
 # --- the request's charges -------------------------------------------------------------------
 def charges_of(req: lr.ChargeRequest, today: int) -> list[Charge]:
     charges = []
