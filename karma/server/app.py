@@ -143,6 +143,7 @@ async def serve(
         status.role = str(Role.SLAVE)
     context = Context(config, engine, status, log, directory, writer, snapshots, checkpoints, fence)
     node = Node(context)
+    limit_ops.bound_loaded_holds(context)
     if writer is not None:
         writer.on_logged = node.context.replicas.wal_appended
     drain = Drain()
@@ -160,6 +161,7 @@ async def serve(
                     status,
                     lambda: node.context.replicas.lsns,
                     lambda: engine.limits,  # a replica's bootstrap replaces it
+                    node.context.clocks.behind_s,
                 )
                 await services.start(
                     serve_metrics,
