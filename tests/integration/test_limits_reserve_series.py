@@ -26,7 +26,10 @@ async def check(client: LineClient) -> dict[str, Any]:
 
 
 async def wait_status(client: LineClient, hold_id: str, status: str) -> None:
-    while (await client.call("limit.reservation", id=hold_id))["response"]["status"] != status:
+    while True:
+        answer = await client.call("limit.reservation", id=hold_id)
+        if answer["response"]["status"] == status:
+            return
         await trio.sleep(0.05)
 
 

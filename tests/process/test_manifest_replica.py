@@ -98,7 +98,8 @@ def test_a_bootstrap_missing_a_series_the_manifest_names_installs_nothing(
         for line in replica.stderr().splitlines()
         if '"replication.bootstrap_failed"' in line
     ]
-    assert failed and f"series {S!r}" in failed[0]["error"]
+    assert failed
+    assert f"series {S!r}" in failed[0]["error"]
     assert not list(replica.directory.glob("*.tree"))
     assert not (replica.directory / "karma.manifest.json").exists()
     # the master's next snapshot names what it holds in memory: the retried bootstrap succeeds
