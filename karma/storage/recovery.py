@@ -180,10 +180,10 @@ def find_gaps(directory: Path, records: list[wal_files.Record]) -> list[Gap]:
     if limits is not None and isinstance(limits["last_lsn"], int) and limits["last_lsn"] < base:
         why = f"the limits snapshot ends at LSN {limits['last_lsn']}: it is older than the WAL"
         gaps.append(Gap(str(directory / snapshot_files.LIMITS), limits["last_lsn"] + 1, base, why))
-    return gaps + _manifest_gaps(directory, set(ranked), base)
+    return gaps + manifest_gaps(directory, set(ranked), base)
 
 
-def _manifest_gaps(directory: Path, have: set[str], base: int) -> list[Gap]:
+def manifest_gaps(directory: Path, have: set[str], base: int) -> list[Gap]:
     """What `karma.manifest.json` names and no file holds, though the WAL starts after it: a
     series every snapshot of which is gone, `karma.limits.json` gone. (A series with a snapshot
     left is checked above, by that snapshot's LSN.)"""
