@@ -144,6 +144,7 @@ class Engine:
         adds = adds_of(mutation)
         self.check_adds(adds)  # all or nothing: every add is checked before the first lands
         self._add_all(adds)
+        self._create_held(mutation, lambda _series: True)
         self._limit_state(mutation)
         return mutation.answer
 
@@ -177,6 +178,14 @@ class Engine:
         for series, key, bucket, amount in adds:
             self.store.pick(series).get_or_create(key).add(bucket, amount)
 
+    def _create_held(self, mutation: m.Mutation, behind: Callable[[str], bool]) -> None:
+        """A reserve is a write: its series exists from the hold on, as after a consume, so a
+        check once the hold has settled answers `allowed` instead of `not_found`."""
+        if isinstance(mutation, m.LimitHold):
+            for series, _key, _bucket, _amount in mutation.items:
+                if behind(series):
+                    self.store.pick(series)
+
     def replay_limit(
         self,
         mutation: m.LimitApply | m.LimitHold | m.LimitSettle,
@@ -190,6 +199,7 @@ class Engine:
         adds = [add for add in adds_of(mutation) if series_behind(add[0])]
         self.check_adds(adds)  # as when it was applied live: all or nothing
         self._add_all(adds)
+        self._create_held(mutation, series_behind)
         if state_effect:
             self._limit_state(mutation)
 

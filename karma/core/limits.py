@@ -208,7 +208,7 @@ class Limits:
         return held
 
     def knows(self, series: str) -> bool:
-        """Holds or pending effects name `series` (a reserve does not create it in the store)."""
+        """Holds or pending effects name `series` (not in the store before it is applied)."""
         return any(
             pair[0] == series
             for table in (self._held, self._pending_adds, self._pending_holds)

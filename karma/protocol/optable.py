@@ -81,6 +81,7 @@ SPECS: Final[tuple[OpSpec, ...]] = (
     OpSpec(r.SnapshotList, "dumps", R),
     OpSpec(r.SnapshotInfo, "snapshot_info", R),
     OpSpec(r.SnapshotVerify, "verify", R),
+    OpSpec(r.SnapshotManifest, "snapshot_manifest", R),
     OpSpec(r.SnapshotLoad, "load", A),
     OpSpec(r.SnapshotFetch, "snapshot_fetch", R),
     OpSpec(r.SnapshotFetchChunk, "snapshot_fetch_chunk", R),

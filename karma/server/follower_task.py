@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import msgspec
 import trio
 
 from karma import days
@@ -34,7 +35,7 @@ from karma.protocol.decode import decode
 from karma.protocol.gate import Gate
 from karma.server.master_link import GapError, MasterLink, RejectedError, ReplicationError
 from karma.server.wal_writer import Pending, WalWriter
-from karma.storage import recovery, snapshot_codec, snapshot_files, wal_files
+from karma.storage import manifest, recovery, snapshot_codec, snapshot_files, wal_files
 
 _OPEN = Gate(internal_ops=True)  # effect entries (limit.*) are read from the WAL
 CHUNK = 262_144
@@ -251,6 +252,8 @@ class Follower:
         self.log.info("replication.snapshot_bootstrap", last_lsn=lsn, series=len(self.cuts))
 
     async def _bootstrap(self) -> int:
+        # before the files it names: they can then only be as new or newer
+        copied = await self._fetch_manifest()
         info = await self.link.call("snapshot.info")
         trees: list[tuple[dict[str, Any], bytes]] = []
         for meta in info.get("latest_by_tree") or []:
@@ -264,10 +267,12 @@ class Follower:
                 await self._fetch("idempotency.snapshot_fetch_chunk", idem_meta),
             )
         limit_state = await self._fetch_limits()
+        if copied is not None:
+            self._check_copy(copied, trees, limit_state)
         limits = self.engine.idempotency
         fresh = Engine(idempotency=IdempotencyTable(limits.max_records, limits.max_age_seconds))
         fresh.limits = self.engine.limits.emptied()
-        await trio.to_thread.run_sync(self._install, trees, idempotency, limit_state)
+        await trio.to_thread.run_sync(self._install, trees, idempotency, limit_state, copied)
         restored = await trio.to_thread.run_sync(self._load, fresh)
         # resume after the oldest cut: newer entries are filtered per series as they arrive
         lsn = min([restored.snapshot_state_lsn, *restored.cuts.values()])
@@ -319,13 +324,45 @@ class Follower:
         meta = first["metadata"]
         return meta, await self._fetch("limit.snapshot_fetch_chunk", meta)
 
+    async def _fetch_manifest(self) -> manifest.Manifest | None:
+        """The master's karma.manifest.json, or None: it has none yet, or it is karma 1.0 (or
+        an older karma-trio)."""
+        try:
+            answer = await self.link.call("snapshot.manifest")
+        except RejectedError as exc:
+            if exc.code in (ErrorCode.NOT_FOUND, ErrorCode.UNKNOWN_COMMAND):
+                return None
+            raise
+        try:
+            return msgspec.convert(answer, manifest.Manifest)
+        except msgspec.ValidationError as exc:
+            raise ReplicationError(f"master's {manifest.NAME}: {exc}") from exc
+
+    def _check_copy(
+        self,
+        copied: manifest.Manifest,
+        trees: list[tuple[dict[str, Any], bytes]],
+        limit_state: tuple[dict[str, Any], bytes] | None,
+    ) -> None:
+        """The restore's continuity rule on what was fetched, before anything is installed."""
+        series = {str(meta["tree"]): int(meta["last_lsn"]) for meta, _ in trees}
+        limits_lsn = None if limit_state is None else int(limit_state[0].get("last_lsn", 0))
+        gaps = recovery.copied_gaps(self.directory, copied, series, limits_lsn)
+        if gaps:
+            named = "; ".join(
+                f"{gap.file}: writes at LSN {gap.first}..{gap.last} ({gap.why})" for gap in gaps
+            )
+            raise ReplicationError(f"bootstrap copy incomplete, not installed: {named}")
+
     def _install(
         self,
         trees: list[tuple[dict[str, Any], bytes]],
         idempotency: tuple[dict[str, Any], bytes] | None,
         limit_state: tuple[dict[str, Any], bytes] | None = None,
+        copied: manifest.Manifest | None = None,
     ) -> None:
         """Replace the replica's snapshot files with the master's (blocking; in a thread)."""
+        manifest.remove(self.directory)  # first: it must never name files from the old set
         for old in snapshot_files.list_snapshots(self.directory):
             snapshot_files.remove(old)
         for meta, data in trees:
@@ -357,6 +394,9 @@ class Follower:
             snapshot_files.write_limits(
                 self.directory, data, int(meta.get("timestamp", 0)), int(meta.get("last_lsn", 0))
             )
+        if copied is not None:
+            # last, as a snapshot writes it: it proves the replica's own restarts
+            manifest.write(self.directory, copied)
 
     def _load(self, fresh: Engine) -> recovery.Loaded:
         try:

@@ -11,7 +11,7 @@ from karma.errors import ErrorCode, KarmaError
 from karma.protocol import requests as r
 from karma.server.context import AsyncHandler, Context
 from karma.server.snapshotter import Snapshotter
-from karma.storage import files, snapshot_codec, snapshot_files
+from karma.storage import files, manifest, snapshot_codec, snapshot_files
 
 
 def _snapshotter(ctx: Context) -> Snapshotter:
@@ -58,6 +58,16 @@ async def snapshot_verify(ctx: Context, req: r.SnapshotVerify) -> object:
     from karma.storage import verify
 
     return await ctx.in_thread(verify.verify, ctx.directory)
+
+
+async def snapshot_manifest(ctx: Context, req: r.SnapshotManifest) -> object:
+    try:
+        found = await ctx.in_thread(manifest.read, ctx.directory)
+    except manifest.ManifestError as exc:
+        raise KarmaError.validation(f"{manifest.NAME} cannot be read: {exc}") from exc
+    if found is None:
+        raise KarmaError(ErrorCode.NOT_FOUND, f"{manifest.NAME} not found")
+    return found
 
 
 async def snapshot_load(ctx: Context, req: r.SnapshotLoad) -> object:
@@ -143,6 +153,7 @@ ASYNC: Final[dict[type, AsyncHandler]] = {
     r.SnapshotList: snapshot_list,
     r.SnapshotInfo: snapshot_info,
     r.SnapshotVerify: snapshot_verify,
+    r.SnapshotManifest: snapshot_manifest,
     r.SnapshotLoad: snapshot_load,
     r.SnapshotFetch: snapshot_fetch,
     r.SnapshotFetchChunk: snapshot_fetch_chunk,

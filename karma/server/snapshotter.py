@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import attrs
+import msgspec
 import trio
 
 from karma.core.counters import NodeStatus
@@ -20,7 +21,7 @@ from karma.core.engine import Engine
 from karma.errors import KarmaError
 from karma.observability.logs import Logger
 from karma.server.wal_writer import WalWriter
-from karma.storage import snapshot_codec, snapshot_files
+from karma.storage import manifest, snapshot_codec, snapshot_files
 
 
 @attrs.frozen
@@ -93,16 +94,9 @@ class Snapshotter:
             if name not in self.engine.store.series:
                 raise KarmaError.series_not_found(name)
             cut = self.capture([name])
+            live = set(self.engine.store.series)
             try:
-                await trio.to_thread.run_sync(
-                    snapshot_files.write_snapshot,
-                    self.directory,
-                    name,
-                    cut.series[name],
-                    cut.timestamp,
-                    cut.lsn,
-                    limiter=self._disk,
-                )
+                await trio.to_thread.run_sync(self._write_one, cut, name, live, limiter=self._disk)
             except OSError as exc:
                 self.log.error("snapshot.failed", series=name, error=str(exc))
                 raise self._refused(exc) from exc
@@ -118,10 +112,46 @@ class Snapshotter:
         return error
 
     def _write_all(self, cut: Cut) -> None:
+        previous = self._manifest()
+        entries = {}
         for name, data in cut.series.items():
-            snapshot_files.write_snapshot(self.directory, name, data, cut.timestamp, cut.lsn)
+            meta = snapshot_files.write_snapshot(self.directory, name, data, cut.timestamp, cut.lsn)
+            entries[name] = manifest.entry(previous, name, meta.file, cut.lsn)
         snapshot_files.write_idempotency(self.directory, cut.idempotency, cut.timestamp, cut.lsn)
         snapshot_files.write_limits(self.directory, cut.limits, cut.timestamp, cut.lsn)
+        # after every file it names, before the WAL is truncated: from then on it proves
+        # which series exist when every file of one is gone (recovery.find_gaps)
+        limits = manifest.Entry(file=snapshot_files.LIMITS, last_lsn=cut.lsn, first_lsn=cut.lsn)
+        manifest.write(
+            self.directory,
+            manifest.Manifest(
+                lsn=cut.lsn, written_at_unix=cut.timestamp, series=entries, limits=limits
+            ),
+        )
+
+    def _write_one(self, cut: Cut, name: str, live: set[str]) -> None:
+        meta = snapshot_files.write_snapshot(
+            self.directory, name, cut.series[name], cut.timestamp, cut.lsn
+        )
+        previous = self._manifest()
+        if previous is None:
+            # no manifest yet: nothing was truncated under one, so naming this series alone
+            # (its WAL entries are all there) proves as much as a full one would
+            previous = manifest.Manifest(lsn=0, written_at_unix=cut.timestamp, series={})
+        entry = manifest.entry(previous, name, meta.file, cut.lsn)
+        kept = {n: e for n, e in previous.series.items() if n in live}
+        updated = msgspec.structs.replace(
+            previous, written_at_unix=cut.timestamp, series={**kept, name: entry}
+        )
+        manifest.write(self.directory, updated)
+
+    def _manifest(self) -> manifest.Manifest | None:
+        """The manifest in the directory; an unreadable one is replaced by the new one."""
+        try:
+            return manifest.read(self.directory)
+        except manifest.ManifestError as exc:
+            self.log.warning("manifest.unreadable", error=str(exc))
+            return None
 
     async def refresh_count(self) -> None:
         found = await trio.to_thread.run_sync(snapshot_files.list_snapshots, self.directory)

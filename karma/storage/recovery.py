@@ -32,7 +32,7 @@ from karma.errors import KarmaError
 from karma.observability.logs import Logger
 from karma.protocol.decode import decode
 from karma.protocol.gate import Gate
-from karma.storage import snapshot_codec, snapshot_files, wal_files
+from karma.storage import files, manifest, snapshot_codec, snapshot_files, wal_files
 
 _OPEN = Gate(internal_ops=True)  # effect entries (limit.*) are read from the WAL
 PROGRESS_EVERY = 100_000
@@ -153,7 +153,8 @@ def find_gaps(directory: Path, records: list[wal_files.Record]) -> list[Gap]:
     base = wal_base(directory, records)
     if base == 0:
         return gaps
-    for series, entries in sorted(snapshot_files.ranked_by_series(directory).items()):
+    ranked = snapshot_files.ranked_by_series(directory)
+    for series, entries in sorted(ranked.items()):
         newest = entries[0]
         have = 0 if newest.meta is None else newest.meta.last_lsn
         if have < base:
@@ -179,6 +180,63 @@ def find_gaps(directory: Path, records: list[wal_files.Record]) -> list[Gap]:
     if limits is not None and isinstance(limits["last_lsn"], int) and limits["last_lsn"] < base:
         why = f"the limits snapshot ends at LSN {limits['last_lsn']}: it is older than the WAL"
         gaps.append(Gap(str(directory / snapshot_files.LIMITS), limits["last_lsn"] + 1, base, why))
+    return gaps + manifest_gaps(directory, set(ranked), base)
+
+
+def manifest_gaps(directory: Path, have: set[str], base: int) -> list[Gap]:
+    """What `karma.manifest.json` names and no file holds, though the WAL starts after it: a
+    series every snapshot of which is gone, `karma.limits.json` gone. (A series with a snapshot
+    left is checked above, by that snapshot's LSN.)"""
+    try:
+        found = manifest.read(directory)
+    except manifest.ManifestError as exc:
+        why = f"the manifest cannot be read ({exc}): which series exist is unproven"
+        return [Gap(str(directory / manifest.NAME), 1, base, why)]
+    if found is None:
+        return []  # karma 1.0, or no snapshot since the upgrade: as before manifests
+    gaps: list[Gap] = []
+    for series, entry in sorted(found.series.items()):
+        # first named after the WAL's start: the WAL holds every write of it
+        if series in have or entry.first_lsn > base:
+            continue
+        why = (
+            f"{manifest.NAME} names series {series!r} (its newest snapshot at LSN"
+            f" {entry.last_lsn}) and no snapshot of it is left; the WAL starts after LSN {base}:"
+            " every snapshot of the series was removed"
+        )
+        gaps.append(Gap(str(directory / entry.file), 1, base, why))
+    path = directory / snapshot_files.LIMITS
+    if found.limits is not None and (
+        snapshot_files.limits_meta(directory) is None or not files.is_regular(path)
+    ):
+        why = (
+            f"{manifest.NAME} names the limits snapshot (LSN {found.limits.last_lsn}) and it or"
+            f" its .meta.json is missing; the WAL starts after LSN {base}: holds, settled"
+            " reservations and limit records are lost"
+        )
+        gaps.append(Gap(str(path), 1, base, why))
+    return gaps
+
+
+def copied_gaps(
+    directory: Path, found: manifest.Manifest, copied: dict[str, int], limits_lsn: int | None
+) -> list[Gap]:
+    """A replica's bootstrap copy (each series' snapshot LSN; the limits snapshot's, None when
+    there is none) against the master's manifest, fetched before it: every series it names has
+    a snapshot at least as new, and so has the limits state. The replica resumes the WAL after
+    the oldest copied cut, so an older or missing file would lose the writes before it."""
+    gaps: list[Gap] = []
+    for series, entry in sorted(found.series.items()):
+        have = copied.get(series)
+        if have is None or have < entry.last_lsn:
+            why = f"the master's manifest names series {series!r} at LSN {entry.last_lsn}"
+            why += "; no snapshot of it was copied" if have is None else f", got LSN {have}"
+            gaps.append(Gap(str(directory / entry.file), (have or 0) + 1, entry.last_lsn, why))
+    if found.limits is not None and (limits_lsn or 0) < found.limits.last_lsn:
+        why = f"the master's manifest names the limits snapshot at LSN {found.limits.last_lsn}"
+        why += "; none was copied" if limits_lsn is None else f", got LSN {limits_lsn}"
+        path = str(directory / snapshot_files.LIMITS)
+        gaps.append(Gap(path, (limits_lsn or 0) + 1, found.limits.last_lsn, why))
     return gaps
 
 

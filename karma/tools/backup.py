@@ -5,9 +5,11 @@
 2. Make sure DIR is that server's data directory: its idempotency snapshot must be the one the
    server just reported (`snapshot.info`). Without DIR, the directory is where the server says
    its snapshots are (`snapshot.list`), which needs at least one series.
-3. Copy the newest snapshot of each series with its `.meta.json`, `karma.idempotency.json` and
-   its sidecar, `recovery.json`, `karma.wal.lsn`, then the WAL written since (segments with
-   their `.idx`, then `karma.wal`, without a record still being appended).
+3. Copy `karma.manifest.json` (first, so every file it names is copied as new or newer), the
+   newest snapshot of each series with its `.meta.json`, `karma.idempotency.json`,
+   `karma.limits.json` and their sidecars, `recovery.json`, `karma.wal.lsn`, then the WAL
+   written since (segments with their `.idx`, then `karma.wal`, without a record still being
+   appended).
 4. Run `karma-trio check` on DEST: a backup that would not restore exactly is reported (exit 1),
    e.g. when another snapshot truncated the WAL during the copy; run it again then.
 
@@ -25,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from karma.storage import snapshot_files, wal_files
+from karma.storage import manifest, snapshot_files, wal_files
 from karma.tools import check
 from karma.tools.session import Address, Exit, Session, UnreachableError
 
@@ -157,11 +159,12 @@ def wal_state(source: Path) -> list[tuple[str, int]]:
 def copy_once(source: Path, dest: Path) -> list[Path]:
     """Snapshots first, then the WAL oldest first, so every record the snapshots do not hold
     is in a WAL file copied after them."""
-    names: list[str] = []
+    names: list[str] = [manifest.NAME]
     for snapshot_file in snapshot_files.latest_by_series(source).values():
         names += [snapshot_file.path.name, snapshot_file.meta_path.name]
-    idempotency = snapshot_files.IDEMPOTENCY
-    names += [idempotency, idempotency + ".meta.json", snapshot_files.RECOVERY]
+    for state in (snapshot_files.IDEMPOTENCY, snapshot_files.LIMITS):
+        names += [state, state + ".meta.json"]
+    names.append(snapshot_files.RECOVERY)
     names.append(wal_files.LSN_FILE)
     for path in wal_files.wal_paths(source):
         names += [path.name] if path.name == wal_files.ACTIVE else [path.name, path.name + ".idx"]

@@ -88,6 +88,29 @@ def test_a_server_started_on_the_backup_answers_as_the_original_did(
         copy.close()
 
 
+def test_the_backup_carries_the_manifest_and_open_holds(proc: Proc, tmp_path: Path) -> None:
+    """karma.limits.json and karma.manifest.json are copied too (issue 26): an open hold is
+    still held on the copy, and the copy's restore is checked against the manifest."""
+    proc.start()
+    client = Client(proc.port)
+    hold = {"series": "tokens", "key": 1, "value": 40, "max": 100, "window": {"days": 1}}
+    assert client.call("limit.reserve", id="r-1", ttl_s=3600, **hold)["success"]
+    client.close()
+    dest = tmp_path / "backup"
+    done = backup("--url", f"karma://127.0.0.1:{proc.port}", dest)
+    assert done.returncode == 0, done.stdout + done.stderr
+    proc.stop()
+    for name in ("karma.manifest.json", "karma.limits.json", "karma.limits.json.meta.json"):
+        assert (dest / name).exists(), name
+    copy = Proc(dest, "--log=false").start()
+    try:
+        client = Client(copy.port)
+        assert client.call("limit.reservation", id="r-1")["response"]["status"] == "held"
+        client.close()
+    finally:
+        copy.close()
+
+
 def test_backup_of_a_named_directory_with_writes_arriving_meanwhile(
     proc: Proc, tmp_path: Path
 ) -> None:

@@ -73,6 +73,7 @@ VALID: dict[str, dict[str, Any]] = {
     "snapshot.list": {},
     "snapshot.info": {},
     "snapshot.verify": {},
+    "snapshot.manifest": {},
     "snapshot.load": {"file": "1_a.tree"},
     "snapshot.fetch": {"file": "1_a.tree"},
     "snapshot.fetch_chunk": {"file": "1_a.tree", "offset": 0},

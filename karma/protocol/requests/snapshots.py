@@ -22,6 +22,7 @@ __all__ = [
     "SnapshotInfo",
     "SnapshotList",
     "SnapshotLoad",
+    "SnapshotManifest",
     "SnapshotVerify",
 ]
 
@@ -44,6 +45,10 @@ class SnapshotInfo(Request, tag="snapshot.info", frozen=True, kw_only=True):
 
 class SnapshotVerify(Request, tag="snapshot.verify", frozen=True, kw_only=True):
     pass
+
+
+class SnapshotManifest(Request, tag="snapshot.manifest", frozen=True, kw_only=True):
+    """karma.manifest.json: a replica copies it to check its bootstrap against."""
 
 
 class FileRequest(Request, frozen=True, kw_only=True):
@@ -85,6 +90,7 @@ AnySnapshotRequest = (
     | SnapshotList
     | SnapshotInfo
     | SnapshotVerify
+    | SnapshotManifest
     | SnapshotLoad
     | SnapshotFetch
     | SnapshotFetchChunk
