@@ -12,7 +12,7 @@ for the whole request; before any valid map is known, every keyed request gets `
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Final
 
 import attrs
@@ -136,8 +136,3 @@ class Ownership:
                 for group in self.groups()
             ],
         }
-
-
-def group_names(values: Sequence[str]) -> tuple[str, ...]:
-    """Distinct names in first-seen order."""
-    return tuple(dict.fromkeys(values))
