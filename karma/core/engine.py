@@ -463,9 +463,20 @@ LIMIT_OPERATIONS: Final = frozenset({LIMIT_CONSUME})
 
 def _point(cls: type[m.PointMutation], q: r.Increment, today: int, now: int) -> m.PointMutation:
     bucket = q.bucket_or(today)
-    if q.idempotency_key is UNSET:  # the hot path: no keyword dict to build
+    key = q.idempotency_key
+    if key is UNSET:  # the hot path: no keyword dict to build
         return cls(series=q.name, key=q.key, bucket=bucket, value=q.amount)
-    return cls(series=q.name, key=q.key, bucket=bucket, value=q.amount, **_keyed(q, now))
+    created = q.idempotency_created_at_unix
+    fingerprint = q.fingerprint
+    return cls(
+        series=q.name,
+        key=q.key,
+        bucket=bucket,
+        value=q.amount,
+        idempotency_key=str(key),
+        fingerprint=None if fingerprint is UNSET else str(fingerprint),
+        idempotency_created_at_unix=now if created is UNSET else created,
+    )
 
 
 def _keyed(request: r.Request, now: int) -> dict[str, Any]:

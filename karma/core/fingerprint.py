@@ -19,6 +19,14 @@ class Canon:
         self.parts: list[str] = []
         self.text("command", command)
 
+    @classmethod
+    def of(cls, command: str, text: str) -> Canon:
+        """A canon whose whole text (the command's line included) is built by the caller."""
+        canon = cls.__new__(cls)
+        canon.command = command
+        canon.parts = [text]
+        return canon
+
     def text(self, name: str, value: str | None) -> Canon:
         if value is None:
             self.parts.append(f"{name}:n\n")

@@ -94,19 +94,29 @@ class IdempotencyTable:
         return [record.document() for record in self.records.values()]
 
     def load(self, documents: list[Any]) -> None:
-        """Records from a `karma.idempotency.json`, oldest first, limits applied."""
-        loaded = [
-            Record(
+        """Records from a snapshot (`karma.idempotency.json`, `karma.limits.json`), in the
+        order written, which is the order they were stored in.
+
+        Nothing is pruned by age here. The age rule runs when a record is stored, from that
+        record's time (`remember`), and the file holds the table as the running node left it
+        after its last store, so applying it again changes nothing, and applying it from any
+        other time (the newest record's, which a clock stepped forward and back leaves far
+        ahead of the rest, or the clock at restart) would forget keys the running node still
+        honoured. The next keyed write applies the rule, as it would have on that node. The
+        count limit is applied: it may have been lowered for this start.
+        """
+        for d in documents:
+            if not (isinstance(d, dict) and "key" in d and "fingerprint" in d):
+                continue
+            record = Record(
                 str(d["key"]),
                 str(d.get("operation", "")),
                 str(d["fingerprint"]),
                 d.get("response"),
                 int(d.get("created_at_unix", 0)),
             )
-            for d in documents
-            if isinstance(d, dict) and "key" in d and "fingerprint" in d
-        ]
-        for record in sorted(loaded, key=lambda r: r.created_at_unix):
+            self.records.pop(record.key, None)
             self.records[record.key] = record
-        if loaded:
-            self._enforce(now=max(r.created_at_unix for r in loaded))
+        while self.max_records and len(self.records) > self.max_records:
+            del self.records[next(iter(self.records))]
+            self.pruned += 1

@@ -9,6 +9,11 @@ applied, after the WAL write, like every other write.
 Holds are reserved amounts on (series, key, the bucket of the reserve day). Decisions count
 the holds that are not overdue; `counter.sum` and the `.tree` files never see them. Expiry is a
 WAL effect written by the master (`limit.settle` `expired`), so every node agrees on it.
+
+When a hold is overdue is decided on a monotonic clock, never the wall clock, which steps: each
+node gives a hold a *deadline* on its own monotonic clock the first time it looks at it
+(`bound_expiries`), from what is left of its TTL by the wall clock then, at most the TTL. A
+stepped wall clock can so shorten a hold's life (to zero at most), never lengthen it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,18 @@ from karma.errors import ErrorCode, KarmaError
 
 Pair = tuple[str, int]
 SETTLED_OUTCOMES: Final = c.SETTLED_OUTCOMES
+#: the deadline of a hold no clock has bounded yet: never overdue (the server bounds every hold
+#: before it compares one with its clock)
+UNBOUND: Final = 2**62
+
+
+@attrs.frozen
+class Bounded:
+    """A hold whose recorded expiry lay more than its TTL beyond the wall clock: moved back."""
+
+    id: str
+    was_ms: int
+    now_ms: int
 
 
 @attrs.frozen
@@ -49,6 +66,14 @@ class Hold:
     created_at: int
     key: bytes
     packed_answer: bytes
+    #: when it is overdue, on the monotonic clock of this node (ms; see `Limits.bound_expiries`)
+    deadline_ms: int = UNBOUND
+
+    @property
+    def ttl_ms(self) -> int:
+        """Its TTL: the reserve stamps `created_at` and the expiry from one clock reading, and
+        TTLs are whole seconds, so the sub-second part of the difference is dropped."""
+        return max(0, (self.expires_at_ms - self.created_at * 1000) // 1000 * 1000)
 
     @property
     def answer(self) -> Any:
@@ -103,6 +128,12 @@ class Limits:
     _settling: dict[str, list[m.Add]] = attrs.field(factory=dict)
     #: limit.* effects applied since start (live, replayed or replicated)
     entries: int = 0
+    #: holds added since the last `bound_expiries`: they have no deadline yet
+    _unbound: list[str] = attrs.field(factory=list)
+    #: id(a pending hold's mutation) → its deadline, decided with it (see `pend`)
+    _planned: dict[int, int] = attrs.field(factory=dict)
+    #: (hold id, deadline) of the hold just unpended: its `apply_hold` comes next, or never
+    _arriving: tuple[str, int] | None = None
 
     def emptied(self) -> Limits:
         """No holds and no settled ids, with these bounds (and the count of pruned ids, which
@@ -158,7 +189,7 @@ class Limits:
         first, last = charge.period.first, charge.period.last
         held = 0
         for hold_id, parts in self._held.get(pair, {}).items():
-            if self.holds[hold_id].expires_at_ms <= now_ms:
+            if self.holds[hold_id].deadline_ms <= now_ms:
                 continue  # overdue: every node ignores it, before the master writes the expiry
             amount = sum(amount for bucket, amount in parts if first <= bucket <= last)
             settling = self._settling.get(hold_id)
@@ -192,12 +223,16 @@ class Limits:
             )
 
     # --- pending effects --------------------------------------------------------------------
-    def pend(self, mutation: m.Mutation) -> None:
+    def pend(self, mutation: m.Mutation, deadline_ms: int | None = None) -> None:
+        """`deadline_ms`: a hold's deadline on the monotonic clock, reckoned from its decision,
+        so the WAL write's time does not lengthen its life."""
         adds, holds = _effects(mutation)
         if not (adds or holds):
             return
         token = id(mutation)
         self._pending[token] = (adds, holds)
+        if deadline_ms is not None and isinstance(mutation, m.LimitHold):
+            self._planned[token] = deadline_ms
         if isinstance(mutation, m.LimitSettle):
             self._settling[mutation.id] = adds
         for series, key, bucket, amount in adds:
@@ -211,6 +246,11 @@ class Limits:
         found = self._pending.pop(token, None)
         if found is None:
             return
+        planned = self._planned.pop(token, None)
+        if planned is not None and isinstance(mutation, m.LimitHold):
+            # the engine applies it right after this (or the write failed: overwritten by
+            # the next one, and `apply_hold` checks the id)
+            self._arriving = (mutation.id, planned)
         if isinstance(mutation, m.LimitSettle):
             self._settling.pop(mutation.id, None)
         adds, holds = found
@@ -226,6 +266,7 @@ class Limits:
     # --- applying effects -------------------------------------------------------------------
     def apply_hold(self, mutation: m.LimitHold) -> None:
         self.entries += 1
+        arriving, self._arriving = self._arriving, None
         key = c.fingerprint_key(mutation.fingerprint)
         packed = c.pack_answer(mutation.answer, mutation.id)
         if not mutation.items:  # a denied reserve: remember the id and its answer
@@ -242,6 +283,8 @@ class Limits:
             key,
             packed,
         )
+        if arriving is not None and arriving[0] == hold.id:
+            hold.deadline_ms = arriving[1]  # decided with it on this node: no need to bound
         self._add_hold(hold)
 
     def _add_hold(self, hold: Hold) -> None:
@@ -249,6 +292,13 @@ class Limits:
         for series, key, bucket, amount in hold.items:
             parts = self._held.setdefault((series, key), {}).setdefault(hold.id, [])
             parts.append((bucket, amount))
+        if hold.deadline_ms != UNBOUND:
+            return
+        self._unbound.append(hold.id)
+        if len(self._unbound) > 2 * len(self.holds) + 1024:
+            # a node that never looks (a replica nobody asks) would keep every id: drop the
+            # settled ones, amortised over the appends that made the list this long
+            self._unbound = [i for i in self._unbound if i in self.holds]
 
     def apply_settle(self, mutation: m.LimitSettle) -> None:
         self.entries += 1
@@ -305,11 +355,35 @@ class Limits:
         record = self.settled.get(hold_id)
         return None if record is None else c.unpack_settled(hold_id, record)
 
+    def bound_expiries(self, wall_ms: int, mono_ms: int) -> list[Bounded]:
+        """Give each hold added since the last call its deadline on the monotonic clock: what
+        its expiry leaves by the wall clock `wall_ms`, kept within 0..TTL. An expiry more than
+        its TTL ahead (written by a clock ahead of this one: before a restart, or on another
+        node) is brought back to `wall_ms` + TTL, and returned to be logged.
+
+        On the node that reserved it this runs within moments of the reserve, so the deadline
+        is its TTL from then whatever the wall clock does afterwards; the snapshot keeps the
+        (possibly brought back) wall-clock expiry for the next start."""
+        moved = []
+        for hold_id in self._unbound:
+            hold = self.holds.get(hold_id)
+            if hold is None or hold.deadline_ms != UNBOUND:
+                continue  # settled meanwhile, or added twice
+            ttl = hold.ttl_ms
+            if hold.expires_at_ms - wall_ms > ttl:
+                moved.append(Bounded(hold.id, hold.expires_at_ms, wall_ms + ttl))
+                hold.expires_at_ms = wall_ms + ttl
+            hold.deadline_ms = mono_ms + max(0, hold.expires_at_ms - wall_ms)
+        self._unbound.clear()
+        return moved
+
     def overdue(self, now_ms: int) -> list[Hold]:
-        return [hold for hold in self.holds.values() if hold.expires_at_ms <= now_ms]
+        """Holds past their deadline at monotonic `now_ms`."""
+        return [hold for hold in self.holds.values() if hold.deadline_ms <= now_ms]
 
     def next_expiry_ms(self) -> int | None:
-        return min((hold.expires_at_ms for hold in self.holds.values()), default=None)
+        """The nearest deadline (monotonic ms)."""
+        return min((hold.deadline_ms for hold in self.holds.values()), default=None)
 
     # --- snapshot sidecar -------------------------------------------------------------------
     def documents(self) -> dict[str, Any]:

@@ -215,6 +215,22 @@ class LimitsCollector(Collector):
         )
 
 
+class ClockCollector(Collector):
+    """How far the wall clock is behind the day the node writes to (server/clock.py: the day
+    never goes backwards). `GET /metrics` only."""
+
+    def __init__(self, behind_s: Callable[[], float]) -> None:
+        self.behind_s = behind_s
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "karma_clock_behind_seconds",
+            "Seconds the wall clock is behind the start of the UTC day this node writes to"
+            " (0: it is not); while above 0 writes without a bucket keep that day",
+            value=self.behind_s(),
+        )
+
+
 def karma_registry(stats: Stats, errors_by: Counters | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(KarmaCollector(stats, errors_by))
@@ -227,6 +243,7 @@ def full_registry(
     status: NodeStatus,
     replica_lsns: Callable[[], dict[str, int]] = dict,
     limits: Callable[[], Limits] | None = None,
+    clock_behind_s: Callable[[], float] | None = None,
 ) -> CollectorRegistry:
     registry = karma_registry(stats, counters)
     # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
@@ -238,6 +255,8 @@ def full_registry(
     registry.register(ReplicasCollector(status, replica_lsns))
     if limits is not None:
         registry.register(LimitsCollector(limits))
+    if clock_behind_s is not None:
+        registry.register(ClockCollector(clock_behind_s))
     return registry
 
 

@@ -162,6 +162,7 @@ async def serve(
         cluster=ownership,
     )
     node = Node(context)
+    limit_ops.bound_loaded_holds(context)
     if writer is not None:
         writer.on_logged = node.context.replicas.wal_appended
     drain = Drain()
@@ -179,6 +180,7 @@ async def serve(
                     status,
                     lambda: node.context.replicas.lsns,
                     lambda: engine.limits,  # a replica's bootstrap replaces it
+                    node.context.clocks.behind_s,
                 )
                 await services.start(
                     serve_metrics,

@@ -7,7 +7,6 @@ receive this context and return their answers, so none of them imports the node 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ import attrs
 import trio
 from prometheus_client import CollectorRegistry
 
-from karma import days
 from karma.cluster.owner import Ownership
 from karma.config import Config
 from karma.core.counters import NodeStatus, SlowLog
@@ -25,6 +23,7 @@ from karma.ha.fence import Fence
 from karma.ha.rules import TermStart
 from karma.observability.logs import Logger
 from karma.server.claims import Claims
+from karma.server.clock import NodeClock
 from karma.server.replicas import Replicas
 from karma.server.snapshotter import Snapshotter
 from karma.server.wal_writer import WalWriter
@@ -70,18 +69,16 @@ class Context:
 
     #: keys and reservation ids being written (made from the engine and the writer)
     claims: Claims = attrs.field(init=False)
-    _second: int = attrs.field(init=False, default=-1)
-    _today: int = attrs.field(init=False, default=0)
+    #: the day written to (never backwards), wall and monotonic time (server/clock.py)
+    clocks: NodeClock = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.claims = Claims(self.engine, self.writer)
+        self.clocks = NodeClock(self.log)
 
     def clock(self) -> tuple[int, int]:
-        """(today's UTC day bucket, Unix seconds); the day is worked out once per second."""
-        now = int(time.time())
-        if now != self._second:
-            self._second, self._today = now, days.today_from_unix(now)
-        return self._today, now
+        """(the UTC day bucket to write to, Unix seconds): the day never goes backwards."""
+        return self.clocks.today()
 
     async def in_thread(self, fn: Callable[..., Any], *args: object) -> Any:
         """Blocking file work off the event loop (at most two at once)."""

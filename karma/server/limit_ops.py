@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -36,8 +35,27 @@ from karma.storage import files, snapshot_files
 _canonical: Final = msgspec.json.Encoder(order="sorted")
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+def _mono_ms(ctx: Context) -> int:
+    """Monotonic ms, what holds expire by: every hold added since the last call gets its
+    deadline first (core/limits.py, `bound_expiries`), and one whose recorded expiry lay more
+    than its TTL ahead of the wall clock is logged."""
+    clocks = ctx.clocks
+    mono = clocks.mono_ms()
+    for moved in ctx.engine.limits.bound_expiries(clocks.wall_ms(), mono):
+        ctx.log.warning(
+            "limit.expiry_bounded",
+            id=moved.id,
+            expires_at_unix_ms=moved.was_ms,
+            now_expires_at_unix_ms=moved.now_ms,
+        )
+    return mono
+
+
+def bound_loaded_holds(ctx: Context) -> None:
+    """At start: the holds restored from snapshots and the WAL get their deadlines now, and
+    those whose expiry lay more than a TTL ahead of this clock are logged before any client
+    asks."""
+    _mono_ms(ctx)
 
 
 # --- the request's charges -------------------------------------------------------------------
@@ -136,14 +154,21 @@ def _constant(data: bytes) -> Callable[[Pending], bytes]:
 
 
 def _effect(
-    ctx: Context, mutation: m.Mutation, data: bytes, claim: str | None = None, fingerprint: str = ""
+    ctx: Context,
+    mutation: m.Mutation,
+    data: bytes,
+    claim: str | None = None,
+    fingerprint: str = "",
+    deadline_ms: int | None = None,
 ) -> bytes | Later:
-    """Submit one effect, answered `data` once applied; until then it counts as pending."""
+    """Submit one effect, answered `data` once applied; until then it counts as pending. A
+    hold's `deadline_ms` (monotonic) is its TTL from the decision."""
     engine = ctx.engine
     if ctx.writer is None:
         engine.apply(mutation)
+        _mono_ms(ctx)  # the new hold's deadline: its TTL from now
         return data
-    engine.limits.pend(mutation)  # applied (or failed) batches unpend it in the writer
+    engine.limits.pend(mutation, deadline_ms)  # applied (or failed) batches unpend it
     return Later(ctx.claims.submit(mutation, claim, fingerprint), _constant(data))
 
 
@@ -175,7 +200,7 @@ def consume(ctx: Context, req: lr.LimitConsume) -> Outcome:
         first = ctx.claims.get(claim)
         if first is not None:
             return _copy(ctx, first, key, fingerprint)
-    decisions = engine.limits.decide(engine.store, charges, today, now, _now_ms())
+    decisions = engine.limits.decide(engine.store, charges, today, now, _mono_ms(ctx))
     allowed = all(d.allowed for d in decisions)
     answer = _answer(req, decisions, consume=True)
     if not allowed and key is None:
@@ -202,7 +227,7 @@ def check(ctx: Context, req: lr.LimitCheck) -> Outcome:
     for charge in charges:
         if charge.series not in engine.store.series and not engine.limits.knows(charge.series):
             engine.store.get(charge.series)  # not_found, as every read of a missing series
-    decisions = engine.limits.decide(engine.store, charges, today, now, _now_ms())
+    decisions = engine.limits.decide(engine.store, charges, today, now, _mono_ms(ctx))
     return _after_pending(ctx, envelope.encode_ok(_answer(req, decisions)))
 
 
@@ -227,9 +252,12 @@ def reserve(ctx: Context, req: lr.LimitReserve) -> Outcome:
     if replay is not None:
         return envelope.encode_idempotent(replay, replayed=True)
     limits.check_capacity()
-    now_ms = _now_ms()
-    expires = now_ms + req.ttl * 1000
-    decisions = limits.decide(engine.store, charges, today, now, now_ms)
+    # the expiry and the creation time from one reading: the TTL is their difference
+    # (`Hold.ttl_ms`), what bounds the hold's life on any node that loads it later
+    wall_ms, mono_ms = ctx.clocks.wall_ms(), _mono_ms(ctx)
+    now = wall_ms // 1000
+    expires = wall_ms + req.ttl * 1000
+    decisions = limits.decide(engine.store, charges, today, now, mono_ms)
     allowed = all(d.allowed for d in decisions)
     head = {"id": hold_id, "status": "held" if allowed else "denied", "expires_at_unix_ms": expires}
     answer = _answer(req, decisions, hold=True, head=head)
@@ -241,7 +269,8 @@ def reserve(ctx: Context, req: lr.LimitReserve) -> Outcome:
         fingerprint=fingerprint,
         answer=answer,
     )
-    return _effect(ctx, mutation, envelope.encode_idempotent(answer, replayed=False), claim)
+    data = envelope.encode_idempotent(answer, replayed=False)
+    return _effect(ctx, mutation, data, claim, deadline_ms=mono_ms + req.ttl * 1000)
 
 
 def _known_reservation(ctx: Context, hold_id: str, fingerprint: str) -> Any:
@@ -303,7 +332,7 @@ def commit(ctx: Context, req: lr.LimitCommit) -> Outcome:
         late = True
     else:
         items = hold.items
-        late = hold.expires_at_ms <= _now_ms()
+        late = hold.deadline_ms <= _mono_ms(ctx)
     amounts = _commit_amounts(req, items)
     add = [(s, k, b, v) for (s, k, b, _held), v in zip(items, amounts, strict=True) if v]
     held = sum(item[3] for item in items)
@@ -369,7 +398,7 @@ def void(ctx: Context, req: lr.LimitVoid) -> Outcome:
         raise KarmaError(
             ErrorCode.IDEMPOTENCY_CONFLICT, f'Reservation "{hold_id}" was already {done.outcome}'
         )
-    if hold.expires_at_ms <= _now_ms():  # overdue: the expiry is written first, then told
+    if hold.deadline_ms <= _mono_ms(ctx):  # overdue: the expiry is written first, then told
         told = {"id": hold_id, "status": "expired", "released": 0}
         return _effect(
             ctx, _expiry(hold_id, now), envelope.encode_idempotent(told, replayed=True), claim
@@ -396,7 +425,7 @@ async def reservation(ctx: Context, req: lr.LimitReservation) -> bytes:
     assert hold_id is not None
     hold = limits.holds.get(hold_id)
     if hold is not None:
-        status = "held" if hold.expires_at_ms > _now_ms() else "overdue"
+        status = "held" if hold.deadline_ms > _mono_ms(ctx) else "overdue"
         answer = {
             "id": hold_id,
             "status": status,
@@ -471,13 +500,14 @@ async def snapshot_fetch_chunk(ctx: Context, req: lr.LimitSnapshotFetchChunk) ->
 
 
 async def expire_holds(ctx: Context) -> None:
-    """The master's sweeper: write the expiry of every overdue hold (slaves never expire)."""
+    """The master's sweeper: write the expiry of every overdue hold (slaves never expire).
+    Deadlines are monotonic: a step of the wall clock neither hastens nor delays one."""
     while True:
         limits = ctx.engine.limits
         next_ms = limits.next_expiry_ms()
-        wait = 1.0 if next_ms is None else max(0.0, (next_ms - _now_ms()) / 1000)
+        wait = 1.0 if next_ms is None else max(0.0, (next_ms - _mono_ms(ctx)) / 1000)
         await trio.sleep(min(wait, 1.0))  # new holds may expire sooner than the one we knew
-        for hold in limits.overdue(_now_ms()):
+        for hold in limits.overdue(_mono_ms(ctx)):
             claim = f"id:{hold.id}"
             if claim in ctx.claims.inflight:
                 continue  # a commit or void is settling it right now

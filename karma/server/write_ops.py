@@ -79,7 +79,7 @@ def keyed(ctx: Context, request: r.Request) -> Outcome:
         return Later(claim.pending, reply, duplicate=True)
     engine.check(mutation)
     if ctx.writer is None:
-        response = engine.apply(mutation)
+        response = engine.apply(mutation, canon=(canon.command, fingerprint))
         _idempotent_write(ctx, started)
         return envelope.encode_idempotent(response, replayed=False)
     pending = ctx.claims.submit(mutation, name, fingerprint, canon.command)
