@@ -37,6 +37,11 @@ SUBCOMMANDS: Final[dict[str, tuple[str, str, str]]] = {
     "cli": ("karma.tools.cli_client", "[COMMAND]", "send commands, or an interactive prompt"),
     "check": ("karma.tools.check", "DIR", "verify a data directory offline, changing nothing"),
     "backup": ("karma.tools.backup", "[DIR] DEST", "snapshot a running server, copy the files"),
+    "cluster": (
+        "karma.tools.cluster",
+        "create|show|check|add-group --etcd=URLS --cluster=C",
+        "a sharded cluster's map in etcd",
+    ),
     "print-unit": ("karma.tools.unit", "[--env]", "print the systemd unit (or its env file)"),
 }
 

@@ -303,6 +303,24 @@ OPTIONS: Final[tuple[Option, ...]] = (
         "HA group name: keys live under /karma/NAME/ in etcd.",
     ),
     Option(
+        "--group",
+        "KARMA_GROUP",
+        None,
+        parse_name,
+        "The HA group this node belongs to, and in a cluster the group whose slots it serves;"
+        " the same setting as --ha-cluster (which stays as its alias; giving both with"
+        " different names is refused).",
+    ),
+    Option(
+        "--cluster",
+        "KARMA_CLUSTER",
+        None,
+        parse_name,
+        "Sharded cluster name (docs/cluster.md): the node follows the shard map at"
+        " /karma/NAME/shardmap in etcd, serves the keys whose slots its group owns and answers"
+        " `moved` for the others. Needs --ha-etcd. Unset: no sharding, nothing changes.",
+    ),
+    Option(
         "--ha-node",
         "KARMA_HA_NODE",
         None,
@@ -417,6 +435,8 @@ class Config:
     ready_max_lag_entries: int = 10000
     ha_etcd: str | None = None
     ha_cluster: str = "karma"
+    group: str | None = None
+    cluster: str | None = None
     ha_node: str | None = None
     ha_ttl: int = 10
     ha_loop_wait: float = 2.0

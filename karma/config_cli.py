@@ -47,7 +47,25 @@ def load(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
                 raise ConfigError(f"{flag}: a value is required ({flag}=VALUE)")
             text = args.pop(0)
         values[option.attr] = _parse_value(option, text, flag)
+    _settle_cluster(values)
     return Config(**values)  # type: ignore[arg-type]  # values come typed from OPTIONS
+
+
+def _settle_cluster(values: dict[str, object]) -> None:
+    """--group is --ha-cluster by its cluster-era name; --cluster needs etcd."""
+    group = values.get("group")
+    if group is not None:
+        named = values.get("ha_cluster")
+        if named is not None and named != group:
+            raise ConfigError(
+                f"--group={group} and --ha-cluster={named} name different groups"
+                " (--ha-cluster is an alias of --group: give one)"
+            )
+        values["ha_cluster"] = group
+    if values.get("cluster") is not None and values.get("ha_etcd") is None:
+        raise ConfigError(
+            "--cluster needs --ha-etcd: the shard map and every group's leader live in etcd"
+        )
 
 
 def help_text() -> str:

@@ -1,6 +1,5 @@
-"""The stable error codes of protocol v2 (karma 1.0's 14, plus storage_unavailable,
-capacity_exceeded and not_leader) and the
-exception that carries one.
+"""The stable error codes of protocol v2 (karma 1.0's 14, plus karma-trio's own: storage,
+capacity, HA and cluster codes) and the exception that carries one.
 
 Everything the engine refuses is a :class:`KarmaError`; the connection layer turns it into an
 error envelope. Any other exception escaping a handler is a bug, answered as ``internal_error``.
@@ -31,6 +30,7 @@ class ErrorCode(StrEnum):
     NOT_LEADER = "not_leader"
     REPLICATION_TIMEOUT = "replication_timeout"
     REPLICATION_DIVERGED = "replication_diverged"
+    MOVED = "moved"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -75,6 +75,13 @@ ERROR_MEANINGS: Final[dict[ErrorCode, str]] = {
         " share: its WAL tail was never the master's. The replica moves its WAL aside and"
         " bootstraps again."
     ),
+    ErrorCode.MOVED: (
+        "The node is in a sharded cluster (--cluster) and its group does not own the slot of a"
+        " key the request names: nothing was applied. The answer's `moved` field names the"
+        " slot, the owning group, that group's leader when known, and the map version. Also"
+        " answered, with `group` null, while the node has not read a valid shard map yet."
+        " Retriable at the owner, after refreshing the map."
+    ),
     ErrorCode.INTERNAL_ERROR: "A bug: the server logged it and kept serving.",
 }
 
@@ -82,10 +89,14 @@ ERROR_MEANINGS: Final[dict[ErrorCode, str]] = {
 class KarmaError(Exception):
     """A refusal with a protocol error code and the exact message karma 1.0 sends."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(
+        self, code: ErrorCode, message: str, extra: dict[str, object] | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        #: fields the error envelope carries besides the message (`moved`'s details)
+        self.extra = extra
 
     @classmethod
     def validation(cls, message: str) -> KarmaError:

@@ -38,7 +38,8 @@ and appears in `forbidden` messages. Generated from `karma/protocol/optable.py`.
 ERRORS_INTRO = """# Error codes
 
 Every error answer is
-`{"protocol_version":2,"success":false,"response":"<message>","error_code":"<code>"}`.
+`{"protocol_version":2,"success":false,"response":"<message>","error_code":"<code>"}`
+(a `moved` answer also carries a `moved` object before `error_code`: docs/cluster.md).
 The codes are stable; messages for validation errors are karma 1.0's. Generated from
 `karma/errors.py`.
 

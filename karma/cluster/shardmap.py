@@ -26,6 +26,15 @@ def map_key(cluster: str) -> str:
     return f"/karma/{cluster}/shardmap"
 
 
+def groups_prefix(cluster: str) -> str:
+    """Where `cluster add-group` records groups (one key per group, the value its name)."""
+    return f"/karma/{cluster}/groups/"
+
+
+def group_key(cluster: str, group: str) -> str:
+    return groups_prefix(cluster) + group
+
+
 @attrs.frozen(slots=True)
 class ShardMap:
     """Slot ranges, sorted and covering every slot once; `version` orders maps of one cluster."""

@@ -187,6 +187,38 @@ def delete_if_request(key: str, *, create_revision: int) -> Call:
     )
 
 
+def put_if_mod_revision_request(key: str, value: bytes, *, mod_revision: int) -> Call:
+    """Put `key` only if its mod_revision is still `mod_revision` (0: only if it is absent).
+
+    The compare-and-swap of a value many writers may change (the shard map): of two writers
+    that read the same revision, one wins and the other's compare fails.
+    """
+    encoded = _b64(key)
+    return Call(
+        "/v3/kv/txn",
+        {
+            "compare": [
+                {
+                    "key": encoded,
+                    "target": "MOD",
+                    "result": "EQUAL",
+                    "mod_revision": str(mod_revision),
+                }
+            ],
+            "success": [{"request_put": {"key": encoded, "value": _b64(value)}}],
+            "failure": [{"request_range": {"key": encoded}}],
+        },
+    )
+
+
+def ranges_request(keys: list[str]) -> Call:
+    """Read several single keys at one revision, in one round trip (a txn of ranges)."""
+    return Call(
+        "/v3/kv/txn",
+        {"compare": [], "success": [{"request_range": {"key": _b64(k)}} for k in keys]},
+    )
+
+
 def watch_request(key: str, *, start_revision: int) -> Call:
     """Watch `key` from `start_revision` on (a range's revision + 1 misses nothing after it)."""
     return Call(

@@ -31,7 +31,17 @@ def encode_idempotent(response: object, *, replayed: bool) -> bytes:
 
 
 def encode_error(error: KarmaError) -> bytes:
-    return _ERR + _encode(error.message) + b',"error_code":' + _encode(str(error.code)) + b"}\r\n"
+    extra = b""
+    if error.extra:  # karma-trio's own fields (`moved`), before error_code as `term` is
+        extra = b"".join(b',"%s":%s' % (k.encode(), _encode(v)) for k, v in error.extra.items())
+    return (
+        _ERR
+        + _encode(error.message)
+        + extra
+        + b',"error_code":'
+        + _encode(str(error.code))
+        + b"}\r\n"
+    )
 
 
 _NULL_TAIL: Final = b',"error_code":null}\r\n'

@@ -22,6 +22,7 @@ import attrs
 import trio
 
 from karma import days
+from karma.cluster.owner import Ownership
 from karma.config import Config
 from karma.config_values import Role
 from karma.core.counters import NodeStatus
@@ -31,6 +32,7 @@ from karma.errors import KarmaError
 from karma.ha.etcd_client import EtcdClient
 from karma.ha.fence import Fence
 from karma.ha.rules import Keys
+from karma.ha.shardmap_store import ShardMapStore
 from karma.observability import metrics
 from karma.observability.logs import Logger
 from karma.server import limit_ops, system_ops, systemd
@@ -42,6 +44,7 @@ from karma.server.ha_task import HaTask, Settings
 from karma.server.metrics_http import Probes, serve_metrics
 from karma.server.node import Node
 from karma.server.roles import ServerRoles
+from karma.server.shardmap_task import ShardMapTask
 from karma.server.snapshotter import Snapshotter
 from karma.server.wal_writer import WalWriter
 from karma.storage import files, recovery, snapshot_files
@@ -141,7 +144,23 @@ async def serve(
         fence = Fence(time.monotonic)  # closed: every HA node starts read-only
         writer.fence = fence
         status.role = str(Role.SLAVE)
-    context = Context(config, engine, status, log, directory, writer, snapshots, checkpoints, fence)
+    ownership = None
+    if config.cluster is not None:
+        if config.ha_etcd is None:
+            raise StartupError("--cluster needs --ha-etcd: the shard map lives in etcd")
+        ownership = Ownership(config.cluster, group_name(config))
+    context = Context(
+        config,
+        engine,
+        status,
+        log,
+        directory,
+        writer,
+        snapshots,
+        checkpoints,
+        fence,
+        cluster=ownership,
+    )
     node = Node(context)
     limit_ops.bound_loaded_holds(context)
     if writer is not None:
@@ -183,6 +202,8 @@ async def serve(
                 services.start_soon(limit_ops.expire_holds, node.context)
             if config.snapshot_interval_seconds:
                 services.start_soon(snapshots.serve_interval, config.snapshot_interval_seconds)
+            if ownership is not None:
+                services.start_soon(_shardmap_task(config, ownership, log).serve)
             async with trio.open_nursery() as connections:
                 listeners = await listen(config.bind, config.port, "--bind/--port")
                 async with trio.open_nursery() as accepting:
@@ -253,7 +274,7 @@ def _ha_task(
         max_lag=config.ha_max_lag_on_failover,
         priority=config.ha_priority,
         nofailover=config.ha_nofailover,
-        keys=Keys(config.ha_cluster),
+        keys=Keys(group_name(config)),
     )
     # each etcd request gets at most a third of the TTL (spec: 1 s at ttl 10), so one slow
     # member cannot eat the whole lease
@@ -262,6 +283,19 @@ def _ha_task(
     log.info("ha.started", node=name, addr=settings.addr, etcd=config.ha_etcd)
     node.context.replicas.unpublished()  # no report counts until this node leads and publishes
     return HaTask(settings, etcd, fence, roles, log, replicas=node.context.replicas)
+
+
+def group_name(config: Config) -> str:
+    """The HA group's name: --group, or its alias --ha-cluster."""
+    return config.group if config.group is not None else config.ha_cluster
+
+
+def _shardmap_task(config: Config, ownership: Ownership, log: Logger) -> ShardMapTask:
+    assert config.ha_etcd is not None
+    assert config.cluster is not None
+    etcd = EtcdClient(config.ha_etcd.split(","), timeout_s=min(1.0, config.ha_ttl / 3))
+    log.info("cluster.started", cluster=config.cluster, group=ownership.group)
+    return ShardMapTask(ShardMapStore(etcd, config.cluster), ownership, log, config.ha_loop_wait)
 
 
 #: how long a stopping HA master waits for its replicas to hold its last entry

@@ -15,6 +15,7 @@ import attrs
 import trio
 from prometheus_client import CollectorRegistry
 
+from karma.cluster.owner import Ownership
 from karma.config import Config
 from karma.core.counters import NodeStatus, SlowLog
 from karma.core.engine import Engine
@@ -56,6 +57,8 @@ class Context:
     #: HA (--ha-etcd): writes are acknowledged only while this is open (karma.ha.fence)
     fence: Fence | None = None
     ha: HaView = attrs.field(factory=HaView)
+    #: in a sharded cluster (--cluster): the map and the owner check (None: not sharded)
+    cluster: Ownership | None = None
     #: the replicas polling this node and the LSN each holds (durability "replicated:N")
     replicas: Replicas = attrs.field(factory=Replicas)
     #: the newest slow requests (system.slowlog)

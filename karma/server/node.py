@@ -1,6 +1,7 @@
 """One node's request handling: decode a line, admit it, hand it to its family, record its answer.
 
-A request's path, top to bottom: `decode` (protocol/decode, with the gate's admission), then
+A request's path, top to bottom: `decode` (protocol/decode, with the gate's admission, and in a
+sharded cluster the owner check: karma.cluster.owner), then
 one dispatch by request class to the family's handler (`write_ops`, `limit_ops`, the engine's
 reads, `system_ops`, `recovery_ops`, `replication_ops`, `snapshot_ops`), which does its work
 through the `Context` and returns its answer: bytes, or the WAL entry it rests on. The node
@@ -21,6 +22,7 @@ from typing import Any, Final
 import attrs
 import trio
 
+from karma.cluster.owner import Ownership
 from karma.config_values import Role
 from karma.core.budget import AnyBudget, Budget, Unlimited
 from karma.core.engine import ENGINE_READS, SCANNING_READS, WRITES
@@ -51,6 +53,8 @@ class Node:
     gate: Gate = attrs.field(init=False)
     #: where answers are recorded (counters, slow log, errors) and checked against the fence
     books: Books = attrs.field(init=False)
+    #: the owner check of a sharded node (--cluster); None: every key is served here
+    owner: Ownership | None = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         ctx = self.context
@@ -62,6 +66,7 @@ class Node:
             slave=config.role is Role.SLAVE or ctx.fence is not None,
             fence=ctx.fence,
         )
+        self.owner = ctx.cluster
         self.books = Books(
             ctx.engine.counters,
             ctx.log,
@@ -75,7 +80,10 @@ class Node:
     def decode(self, line: bytes) -> r.Request | bytes:
         """The request on `line`, or the error answer for it."""
         try:
-            return decode(line, self.gate)
+            request = decode(line, self.gate)
+            if self.owner is not None:  # sharded: every key must be this group's (else moved)
+                self.owner.admit(request)
+            return request
         except KarmaError as exc:
             self.context.engine.counters.record(0.0, failed=True)
             self.context.engine.counters.record_error(str(exc.code), _op_of(line))

@@ -24,8 +24,12 @@ def ping(ctx: Context, req: r.Ping) -> object:
 
 def cluster_topology(ctx: Context, req: r.ClusterTopology) -> object:
     if ctx.ha.topology is not None:
-        return ctx.ha.topology()
-    return {"ha": False, "role": ctx.status.role, "leader": None, "term": 0, "members": []}
+        answer = ctx.ha.topology()
+    else:
+        answer = {"ha": False, "role": ctx.status.role, "leader": None, "term": 0, "members": []}
+    if ctx.cluster is not None:  # sharded: the map, and every group with its leader
+        answer.update(ctx.cluster.to_wire())
+    return answer
 
 
 def slowlog_entries(ctx: Context, req: r.SlowLog) -> object:

@@ -22,5 +22,5 @@ def test_errors_page_lists_every_code() -> None:
     documented = set(re.findall(r"^\| `([a-z_]+)`", text, re.M))
     assert documented == {str(code) for code in ErrorCode}
     # karma 1.0's 14, storage_unavailable, capacity_exceeded, not_leader, replication_timeout,
-    # replication_diverged
-    assert len(documented) == 19
+    # replication_diverged, moved
+    assert len(documented) == 20
