@@ -39,7 +39,8 @@ from msgspec import UNSET
 
 from karma.cluster import merges
 from karma.cluster.consume import ConsumePlan, plan_consume
-from karma.cluster.reply import Json, Reply
+from karma.cluster.parts import JsonObject, Part
+from karma.cluster.reply import Reply
 from karma.cluster.routes import Route, route_of
 from karma.cluster.shardmap import ShardMap
 from karma.errors import ErrorCode
@@ -59,22 +60,8 @@ __all__ = [
     "plan_request",
 ]
 
-JsonObject = dict[str, Json]
 #: group → the series it holds (`tree.list` on it)
 SeriesLists = Mapping[str, Collection[str]]
-
-
-@attrs.frozen
-class Part:
-    group: str
-    #: the JSON object to send to the group's leader
-    request: JsonObject
-    #: the caller's item positions this part carries (split ops), in the caller's order
-    positions: tuple[int, ...] = ()
-    #: the caller's request unchanged: a router may forward the original line as it is
-    whole: bool = False
-    #: MultiSum parts are per (group, series): the series this part reads
-    series: str | None = None
 
 
 class NeedSeries:

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
+from karma.cluster.parts import Part
 from karma.cluster.reply import Json, Reply
 from karma.errors import ErrorCode
 from karma.protocol import requests as r
 from karma.protocol.optable import by_class
 from karma.protocol.requests import limits as lr
-
-if TYPE_CHECKING:
-    from karma.cluster.fanout import Part
 
 #: error codes that say a group (not the request) failed: the merged answer names the group
 _GROUP_FAILURES: Final = frozenset(
@@ -176,7 +174,7 @@ def decision(items: list[Json]) -> dict[str, Json]:
     return {"allowed": not denied, "denied": denied, "retry_after_s": retry, "items": items}
 
 
-_Merge = Callable[[r.Request, Sequence["Part"], Sequence[Reply]], Json]
+_Merge = Callable[[r.Request, Sequence[Part], Sequence[Reply]], Json]
 _SPLIT_MERGES: Final[dict[type[r.Request], _Merge]] = by_class(
     {
         r.BatchSum: _positional,
