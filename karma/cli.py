@@ -38,6 +38,7 @@ SUBCOMMANDS: Final[dict[str, tuple[str, str, str]]] = {
     "check": ("karma.tools.check", "DIR", "verify a data directory offline, changing nothing"),
     "backup": ("karma.tools.backup", "[DIR] DEST", "snapshot a running server, copy the files"),
     "print-unit": ("karma.tools.unit", "[--env]", "print the systemd unit (or its env file)"),
+    "router": ("karma.server.router", "--etcd=URLS --cluster=C", "route a sharded cluster"),
 }
 
 
