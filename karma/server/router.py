@@ -42,6 +42,7 @@ from karma.protocol import requests as r
 from karma.protocol.decode import decode
 from karma.protocol.framing import LineBuffer
 from karma.protocol.gate import Gate
+from karma.protocol.requests import limits as lr
 from karma.server.accept import AcceptFailures, listen, serve_listeners
 from karma.server.router_groups import (
     EXCHANGE_TIMEOUT_S,
@@ -149,16 +150,31 @@ class Router:
         shardmap = self.directory.shardmap
         if shardmap is None:
             return envelope.encode_error(_no_map(self.cluster))
+        first: bytes | None = None
+        may_refresh = True  # on `moved`: the map is read again once, and the request replanned
+        if isinstance(request, r.KeyRequest):  # the common case: one key, no plan to build
+            first = await self._one_key(request, line, shardmap)
+            if first.find(b'"error_code":"moved"') != -1:
+                first, may_refresh = None, False
+                shardmap = await self._moved()
+            elif first.find(b'"error_code":"not_found"') == -1:
+                return first
         obj = _object(line)
-        for attempt in range(2):
-            plan = fanout.plan_request(request, obj, shardmap, nonce=uuid.uuid4().hex)
+        if first is not None:  # not_found: the series may exist in another group
+            plan = fanout.plan_request(request, obj, shardmap)
+            assert isinstance(plan, fanout.Plan)
+            return await self._merged(plan, [Reply.decode(first.rstrip())], obj)
+        while True:
+            # a nonce only names the holds of an unkeyed cross-group consume
+            nonce = uuid.uuid4().hex if isinstance(request, lr.LimitConsume) else ""
+            plan = fanout.plan_request(request, obj, shardmap, nonce=nonce)
             self.metrics.width.observe(len(plan.parts))
             if isinstance(plan, ConsumePlan):
                 return (await self._consume(plan)).encode()
             if len(plan.parts) == 1 and plan.parts[0].whole:
                 data = await self._whole(plan, line)
-                if attempt == 0 and data.find(b'"error_code":"moved"') != -1:
-                    shardmap = await self._moved()
+                if may_refresh and data.find(b'"error_code":"moved"') != -1:
+                    shardmap, may_refresh = await self._moved(), False
                     continue
                 if data.find(b'"error_code":"not_found"') == -1:
                     return data  # as the group said it, byte for byte
@@ -174,17 +190,28 @@ class Router:
                     if early is not None:
                         return early.encode()
                 replies = [sent[i] for i in range(len(plan.parts))]
-            if attempt == 0 and replies and all(reply.error_code == "moved" for reply in replies):
+            if may_refresh and replies and all(reply.error_code == "moved" for reply in replies):
                 # every part was refused, nothing applied anywhere: plan again under the new
                 # map (a part refused among parts applied is answered as it is: retriable)
-                shardmap = await self._moved()
+                shardmap, may_refresh = await self._moved(), False
                 continue
-            merged = plan.merge(replies)
-            if merged is fanout.NEED_SERIES:
-                merged = plan.merge(replies, series=await self._series_lists(obj, plan.groups))
-            assert isinstance(merged, Reply)
-            return merged.encode()
-        raise AssertionError("unreachable: the second attempt returns")
+            return await self._merged(plan, replies, obj)
+
+    async def _merged(self, plan: fanout.Plan, replies: list[Reply], obj: JsonObject) -> bytes:
+        merged = plan.merge(replies)
+        if merged is fanout.NEED_SERIES:
+            merged = plan.merge(replies, series=await self._series_lists(obj, plan.groups))
+        assert isinstance(merged, Reply)
+        return merged.encode()
+
+    async def _one_key(self, request: r.KeyRequest, line: bytes, shardmap: ShardMap) -> bytes:
+        """A one-key request forwarded as it is, and the group's answer as it is."""
+        group = shardmap.owner_of(request.key)
+        self.metrics.width.observe(1)
+        data = await self._send_raw(group, line, optable.TAG_BY_CLASS[type(request)])
+        if data is None:
+            return unreachable(group, self._why(group)).encode()
+        return data
 
     async def _moved(self) -> ShardMap:
         self.metrics.moved.inc()
