@@ -389,3 +389,84 @@ def test_cross_group_consume_plans_holds_then_commits(keyed: bool) -> None:
     ids = {p.request["id"] for p in plan.parts}
     assert len(ids) == 2
     assert ids == {p.request["id"] for p in plan_of(obj, shardmap).parts}
+
+
+def test_an_ingest_chunk_sends_its_zero_valued_parts_first() -> None:
+    shardmap = even_split(["g1", "g2"])
+    keys = keys_in_each_group(shardmap)
+    items = [[keys["g1"], TODAY, 1], [keys["g2"], TODAY, 0]]
+    obj = req("ingest.chunk", stream_id="s", series="a", chunk_seq=1, items=items)
+    plan = plan_of(obj, shardmap)
+    assert isinstance(plan, Plan)
+    first, rest = plan.waves
+    assert [plan.parts[i].group for i in first] == ["g2"]
+    assert [plan.parts[i].group for i in rest] == ["g1"]
+    refused = Reply.error("validation_error", "Batch item value must be greater than 0")
+    assert plan.early_answer([refused]) == refused
+    plain = plan_of({**obj, "items": [[k, TODAY, 1] for k in keys.values()]}, shardmap)
+    assert isinstance(plain, Plan)
+    assert plain.waves == ((0, 1),)
+
+
+def _item(allowed: bool, used: int, held: int, value: int = 1, maximum: int = 5) -> dict[str, Any]:
+    return {
+        "allowed": allowed,
+        "max": maximum,
+        "used": used,
+        "held": held,
+        "remaining": max(0, maximum - used - held),
+        "value": value,
+        "window": {"from": TODAY, "to": TODAY},
+        "reset_at_unix": NOW,
+        "retry_after_s": None if allowed else 60,
+    }
+
+
+def _reserved(items: list[dict[str, Any]]) -> Reply:
+    allowed = all(i["allowed"] for i in items)
+    denied = [n for n, i in enumerate(items) if not i["allowed"]]
+    body = {"allowed": allowed, "id": "x", "status": "held" if allowed else "denied"}
+    body.update({"denied": denied, "retry_after_s": None if allowed else 60, "items": items})
+    return Reply.ok(body, idempotent=False)
+
+
+def test_a_cross_group_consume_answers_as_one_node_allowed_or_denied() -> None:
+    shardmap = even_split(["g1", "g2"])
+    keys = keys_in_each_group(shardmap)
+    window = {"days": 1}
+    items = [{"series": "s", "key": keys[g], "max": 5, "window": window} for g in ("g1", "g2")]
+    plan = plan_of(req("limit.consume", items=items), shardmap)
+    assert isinstance(plan, ConsumePlan)
+    by_group = {p.group: i for i, p in enumerate(plan.parts)}
+    # both held: commit everywhere; the answer counts the value as used, not held
+    replies = [Reply.ok({})] * 2
+    replies[by_group["g1"]] = _reserved([_item(True, 2, 1)])
+    replies[by_group["g2"]] = _reserved([_item(True, 0, 1)])
+    settlement = plan.settle(replies)
+    assert settlement.committing
+    assert [p.request["op"] for p in settlement.parts] == ["limit.commit"] * 2
+    answer = plan.finish(settlement, [Reply.ok({"status": "committed"})] * 2)
+    assert answer.response == {
+        "allowed": True,
+        "denied": [],
+        "retry_after_s": None,
+        "items": [_item(True, 3, 0), _item(True, 1, 0)],
+    }
+    assert answer.idempotent is None  # unkeyed, as on one node
+    # g2 denied: void g1's hold; the denial names item 1, nothing counted as used or held
+    replies[by_group["g2"]] = _reserved([_item(False, 5, 0)])
+    settlement = plan.settle(replies)
+    assert not settlement.committing
+    assert [(p.group, p.request["op"]) for p in settlement.parts] == [("g1", "limit.void")]
+    answer = plan.finish(settlement, [Reply.ok({"status": "voided"})])
+    assert answer.response == {
+        "allowed": False,
+        "denied": [1],
+        "retry_after_s": 60,
+        "items": [_item(True, 2, 0), _item(False, 5, 0)],
+    }
+    # a group that cannot be reached: its error, and the held group's hold voided
+    replies[by_group["g2"]] = unreachable("g2", "gone")
+    settlement = plan.settle(replies)
+    assert [p.request["op"] for p in settlement.parts] == ["limit.void"]
+    assert settlement.answer.error_code == "not_leader"
