@@ -43,6 +43,7 @@ SUBCOMMANDS: Final[dict[str, tuple[str, str, str]]] = {
         "a sharded cluster's map in etcd",
     ),
     "print-unit": ("karma.tools.unit", "[--env]", "print the systemd unit (or its env file)"),
+    "router": ("karma.server.router", "--etcd=URLS --cluster=C", "route a sharded cluster"),
 }
 
 
