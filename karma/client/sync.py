@@ -286,6 +286,18 @@ class Client(Sends):
                 attempt += 1
                 time.sleep(backoff(attempt))
 
+    @property
+    def clustered(self) -> bool:
+        """True in cluster mode (a `karma+etcd://` or `karma+seeds://` URL)."""
+        return self._cluster is not None
+
+    def answer(self, call: Call[Any]) -> Answer:
+        """One call's answer envelope, unread and not retried (in cluster mode: the answer
+        merged as one node would give it). For tools that show answers as they came."""
+        if self._cluster is not None:
+            return self._cluster.answer(call)
+        return self._exchange([call])[0]
+
     def cluster_view(self) -> View | None:
         """Cluster mode: the shard map and leaders calls are routed by (None otherwise)."""
         return None if self._cluster is None else self._cluster.view()

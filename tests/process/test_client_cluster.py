@@ -295,10 +295,11 @@ def test_the_pool_serves_threads_and_pipelines_route(world: World) -> None:
 
 
 async def async_script(url: str) -> dict[int, int]:
+    once = f"a1-{time.monotonic()}"
     async with k.AsyncClient(url, timeout=5) as cluster:
         await cluster.batch_add("async", [(key, D1, 3) for key in MIXED])
-        await cluster.batch_add("async", [(key, D1, 3) for key in MIXED], idempotency_key="a1")
-        await cluster.batch_add("async", [(key, D1, 3) for key in MIXED], idempotency_key="a1")
+        await cluster.batch_add("async", [(key, D1, 3) for key in MIXED], idempotency_key=once)
+        await cluster.batch_add("async", [(key, D1, 3) for key in MIXED], idempotency_key=once)
         keys = [KEYS["g1"][1], KEYS["g2"][1], KEYS["g3"][1]]
         denied = await cluster.consume(items=limit_items(keys, 9, 5))
         assert not denied.allowed
@@ -321,25 +322,27 @@ def test_the_async_client_routes_under_both_backends(world: World, backend: str)
     assert sums == dict.fromkeys(MIXED, 6)
 
 
-def test_the_cli_takes_a_cluster_url(world: World) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "karma",
-            "client",
-            f"--url={world.url}",
-            "counter.increment",
-            "series=cli",
-            f"key={KEYS['g3'][0]}",
-            "value=4",
-        ],
+def cli(world: World, *words: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "karma", "cli", f"--url={world.url}", *words],
         capture_output=True,
         text=True,
         check=False,
         timeout=30,
     )
+
+
+def test_the_cli_takes_a_cluster_url(world: World) -> None:
+    done = cli(world, "increment", "cli", str(KEYS["g3"][0]), "4")
     assert done.returncode == 0, done.stderr
+    keys = json.dumps(MIXED[:6])
+    done = cli(world, "--json", "call", "counter.batch_sum", "series=cli", f"keys={keys}")
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["success"] is True
+    assert answer["response"] == [
+        {"key": key, "value": 4 if key == KEYS["g3"][0] else 0} for key in MIXED[:6]
+    ]
     with k.Client(world.url, timeout=5) as cluster:
         assert cluster.sum("cli", KEYS["g3"][0]) == 4
         cluster.tree_drop("cli")
