@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.util
 import json
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from karma import client as k
 from karma.cluster.shardmap import ShardMap, even_split, map_key
 from tests.process.etcd import ETCD, EtcdCluster
 from tests.process.proc import Proc
-from tests.process.router_cluster import Cluster
+from tests.process.router_cluster import Cluster, call
 
 pytestmark = [
     pytest.mark.process,
@@ -167,7 +168,7 @@ def test_fan_out_reads_merge_every_group(both: tuple[k.Client, k.Client]) -> Non
     cluster.batch_add("fan", [(key, D1, key) for key in MIXED])
     assert cluster.batch_sum("fan", MIXED) == {key: key for key in MIXED}
     assert cluster.tree_info("fan").key_count == len(MIXED)
-    pages = []
+    pages: list[int] = []
     cursor = None
     while True:
         page = cluster.tree_keys("fan", limit=4, cursor=cursor)
@@ -348,13 +349,13 @@ def test_the_cli_takes_a_cluster_url(world: World) -> None:
         cluster.tree_drop("cli")
 
 
-def swap_map(world: World, shardmap: ShardMap) -> None:
+def swap_map(etcd: EtcdCluster, shardmap: ShardMap) -> None:
     """Give g1's and g2's slots to each other, with a guarded transaction on the map."""
     key = base64.b64encode(map_key("c1").encode()).decode()
-    found = world.etcd.members[0].post("/v3/kv/range", {"key": key})
+    found = etcd.members[0].post("/v3/kv/range", {"key": key})
     revision = found["kvs"][0]["mod_revision"]
     ranges = [[a, b, {"g1": "g2", "g2": "g1"}.get(g, g)] for a, b, g in shardmap.ranges]
-    txn = {
+    txn: dict[str, object] = {
         "compare": [{"key": key, "target": "MOD", "result": "EQUAL", "mod_revision": revision}],
         "success": [
             {
@@ -365,4 +366,62 @@ def swap_map(world: World, shardmap: ShardMap) -> None:
             }
         ],
     }
-    assert world.etcd.members[0].post("/v3/kv/txn", txn).get("succeeded")
+    assert etcd.members[0].post("/v3/kv/txn", txn).get("succeeded")
+
+
+NODE_SIDE = importlib.util.find_spec("karma.server.shardmap_task") is not None
+
+
+@pytest.mark.skipif(
+    not NODE_SIDE,
+    reason="nodes answer `moved` only with the node side of issue 27 (--cluster, branch "
+    "issue27-node); until it is merged every node serves every key",
+)
+def test_a_stale_map_follows_moved(tmp_path: Path) -> None:
+    etcd = EtcdCluster(tmp_path / "etcd", size=1).start()
+    cluster = Cluster(tmp_path / "c", etcd, "c1", ["g1", "g2"], node_flags=["--cluster=c1"])
+    try:
+        cluster.start()
+        url = f"karma+etcd://{etcd.url.removeprefix('http://')}/c1"
+        first = two_group_keys(cluster.map)
+        with k.Client(url, timeout=5) as client:
+            client.batch_add("mv", [(key, D1, 1) for key in first])
+            before = client.cluster_view()
+            assert before is not None
+            swap_map(etcd, cluster.map)
+            wait_for_nodes_map(cluster, before.shardmap.version)
+            # the client still routes by the old map: g1's old keys go to g1, now not theirs
+            client.increment("mv", first[0], 1, bucket=D1)
+            client.batch_add("mv", [(key, D1, 1) for key in first])
+            routing = client._cluster
+            assert routing is not None
+            assert routing.moved_refreshes >= 1
+            after = client.cluster_view()
+            assert after is not None
+            assert after.shardmap.version > before.shardmap.version
+            assert client.sum("mv", first[0]) >= 2  # counted where the new map says
+    finally:
+        cluster.close()
+        etcd.stop()
+
+
+def two_group_keys(shardmap: ShardMap) -> list[int]:
+    found: dict[str, int] = {}
+    key = 1
+    while len(found) < 2:
+        found.setdefault(shardmap.owner_of(key), key)
+        key += 1
+    return [found["g1"], found["g2"]]
+
+
+def wait_for_nodes_map(cluster: Cluster, old_version: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    for proc in cluster.nodes.values():
+        while True:
+            response = call(proc, "cluster.topology")["response"]
+            assert isinstance(response, dict)
+            wire = response.get("shardmap") or {}
+            if wire.get("version", 0) > old_version:
+                break
+            assert time.monotonic() < deadline, "the nodes did not see the new map"
+            time.sleep(0.1)
