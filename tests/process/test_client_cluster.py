@@ -379,7 +379,7 @@ NODE_SIDE = importlib.util.find_spec("karma.server.shardmap_task") is not None
 )
 def test_a_stale_map_follows_moved(tmp_path: Path) -> None:
     etcd = EtcdCluster(tmp_path / "etcd", size=1).start()
-    cluster = Cluster(tmp_path / "c", etcd, "c1", ["g1", "g2"], node_flags=["--cluster=c1"])
+    cluster = OwnerCluster(tmp_path / "c", etcd, "c1", ["g1", "g2"], node_flags=["--cluster=c1"])
     try:
         cluster.start()
         url = f"karma+etcd://{etcd.url.removeprefix('http://')}/c1"
@@ -403,6 +403,22 @@ def test_a_stale_map_follows_moved(tmp_path: Path) -> None:
     finally:
         cluster.close()
         etcd.stop()
+
+
+class OwnerCluster(Cluster):
+    """Nodes that check ownership answer a probe of a key they do not own `moved`: probe one
+    of each group's own keys."""
+
+    def wait_leader(self, group: str, timeout: float = 15) -> None:
+        proc = self.nodes[group]
+        key = next(key for key in range(1, 10_000) if self.map.owner_of(key) == group)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            answer = call(proc, "counter.increment", series="_probe", key=key, value=1, bucket=D1)
+            if answer["success"]:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"group {group} has no leader after {timeout} s")
 
 
 def two_group_keys(shardmap: ShardMap) -> list[int]:
