@@ -7,9 +7,10 @@ beside plain ones through the sync and the async client, 32 in flight, against a
 WAL + fsync. Prints tables and JSON.
 
 `--cluster` (issue 27): keyed increments through the sync client, 32 threads, against one node
-(a `karma://` URL) and against 2 single-node groups (a `karma+etcd://` URL: one etcd member,
-the map splitting the slots evenly), WAL on, fsync off, alternating rounds; with the client
-process's CPU per request, whose inverse is one client process's ceiling.
+(a `karma://` URL, no HA), against one single-node HA group through a map of one group, and
+against 2 such groups (a `karma+etcd://` URL: one etcd member, the map splitting the slots
+evenly), WAL on, fsync off, alternating rounds; with the client process's CPU per request,
+whose inverse is one client process's ceiling.
 
     .venv/bin/python benchmarks/client_bench.py [--keyed-only | --cluster]
 """
@@ -235,6 +236,7 @@ def cluster_rows(rounds: int = 2) -> dict[str, float]:
                 )
             )
         _etcd_put(etcd.url, map_key("bench"), even_split(["g1", "g2"]).to_json())
+        _etcd_put(etcd.url, map_key("one"), even_split(["g1"]).to_json())
         for port in group_ports.values():
             with Client(port=port, timeout=5, retries=50) as probe:
                 deadline = time.monotonic() + 30
@@ -248,6 +250,7 @@ def cluster_rows(rounds: int = 2) -> dict[str, float]:
                         time.sleep(0.2)
         urls = {
             "1 node (karma://)": f"karma://127.0.0.1:{single_port}",
+            "1 group (karma+etcd://)": f"karma+etcd://{etcd.url.removeprefix('http://')}/one",
             "2 groups (karma+etcd://)": f"karma+etcd://{etcd.url.removeprefix('http://')}/bench",
         }
         rates: dict[str, list[float]] = {label: [] for label in urls}
