@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from karma.client import calls, limit_calls
+from karma.client import calls
 from karma.client.cluster import ClusterUrl, parse_any_url, plan_call
 from karma.cluster import drive
 from karma.cluster.directory import etcd_urls, topology_view
@@ -139,20 +139,3 @@ def test_a_second_moved_is_the_answer() -> None:
     answer = run(calls.increment("s", 1, 1), stale, liars, truth)
     assert answer.error_code == "moved"
     assert not groups["g1"].requests
-
-
-def test_a_cross_group_consume_denied_in_one_group_charges_none() -> None:
-    truth, groups = world()
-    keys = keys_of_each(truth[0])
-    window = {"calendar": "day"}
-    items = [{"series": "q", "key": k, "value": 2, "max": 3, "window": window} for k in keys]
-    run(limit_calls.consume("q", keys[2], 2, max=3, window=window), truth[0], groups, truth)
-    denied = run(limit_calls.consume(items=items), truth[0], groups, truth)
-    assert isinstance(denied.response, dict)
-    assert denied.response["allowed"] is False
-    assert denied.response["denied"] == [2]
-    check = run(
-        limit_calls.check(items=[{**i, "value": 0} for i in items]), truth[0], groups, truth
-    )
-    assert isinstance(check.response, dict)
-    assert [item["used"] for item in check.response["items"]] == [0, 0, 2]
