@@ -7,10 +7,10 @@ beside plain ones through the sync and the async client, 32 in flight, against a
 WAL + fsync. Prints tables and JSON.
 
 `--cluster` (issue 27): keyed increments through the sync client, 32 threads, against one node
-(a `karma://` URL, no HA), against one single-node HA group through a map of one group, and
-against 2 such groups (a `karma+etcd://` URL: one etcd member, the map splitting the slots
-evenly), WAL on, fsync off, alternating rounds; with the client process's CPU per request,
-whose inverse is one client process's ceiling.
+(a `karma://` URL), against one such node through a map of one group, and against 2 such
+nodes as 2 groups (a `karma+etcd://` URL: one etcd member, the map splitting the slots evenly,
+each node published as its group's leader by hand), WAL on, fsync off, alternating rounds;
+with the client process's CPU per request, whose inverse is one client process's ceiling.
 
     .venv/bin/python benchmarks/client_bench.py [--keyed-only | --cluster]
 """
@@ -208,6 +208,7 @@ def _etcd_put(url: str, key: str, value: bytes) -> None:
 
 
 def cluster_rows(rounds: int = 2) -> dict[str, float]:
+    from karma.cluster.directory import leader_key
     from karma.cluster.shardmap import even_split, map_key
     from tests.process.etcd import ETCD, Etcd
 
@@ -221,35 +222,18 @@ def cluster_rows(rounds: int = 2) -> dict[str, float]:
         procs.append(start_karma(single_port, work / "single", "--wal-fsync=false"))
         group_ports = {}
         for group in ("g1", "g2"):
+            # plain nodes (no HA: the same options as the single node), each published as its
+            # group's leader by hand, so the rows compare routing and not HA's own cost
             port = free_port()
             group_ports[group] = port
-            procs.append(
-                start_karma(
-                    port,
-                    work / group,
-                    "--wal-fsync=false",
-                    f"--ha-etcd={etcd.url}",
-                    f"--ha-cluster={group}",
-                    f"--ha-node={group}-n1",
-                    "--ha-ttl=3",
-                    "--ha-loop-wait=0.5",
-                )
-            )
+            procs.append(start_karma(port, work / group, "--wal-fsync=false"))
+            leader = {"node": f"{group}-n1", "addr": f"127.0.0.1:{port}", "start_lsn": 0}
+            _etcd_put(etcd.url, leader_key(group), json.dumps(leader).encode())
         _etcd_put(etcd.url, map_key("bench"), even_split(["g1", "g2"]).to_json())
         _etcd_put(etcd.url, map_key("one"), even_split(["g1"]).to_json())
-        for port in group_ports.values():
-            with Client(port=port, timeout=5, retries=50) as probe:
-                deadline = time.monotonic() + 30
-                while True:
-                    try:
-                        probe.increment("_probe", 0)
-                        break
-                    except Exception:
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.2)
         urls = {
             "1 node (karma://)": f"karma://127.0.0.1:{single_port}",
+            "group g1's node (karma://)": f"karma://127.0.0.1:{group_ports['g1']}",
             "1 group (karma+etcd://)": f"karma+etcd://{etcd.url.removeprefix('http://')}/one",
             "2 groups (karma+etcd://)": f"karma+etcd://{etcd.url.removeprefix('http://')}/bench",
         }
