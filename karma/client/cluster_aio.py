@@ -64,8 +64,13 @@ class AsyncClusterRouting:
     async def view(self) -> View:
         async with self._lock:
             due = self._stale and time.monotonic() - self._read_at >= REFRESH_EVERY_S
-            if self._view is None or due:
+            if self._view is None:
                 await self._read()
+            elif due:
+                try:
+                    await self._read()
+                except ConnectionFailed:
+                    self._read_at = time.monotonic()  # etcd away: keep routing by what we have
             assert self._view is not None
             return self._view
 

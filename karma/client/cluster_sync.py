@@ -69,8 +69,13 @@ class ClusterRouting:
     def view(self) -> View:
         with self._lock:
             due = self._stale and time.monotonic() - self._read_at >= REFRESH_EVERY_S
-            if self._view is None or due:
+            if self._view is None:
                 self._read()
+            elif due:
+                try:
+                    self._read()
+                except ConnectionFailed:
+                    self._read_at = time.monotonic()  # etcd away: keep routing by what we have
             assert self._view is not None
             return self._view
 

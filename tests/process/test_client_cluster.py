@@ -261,6 +261,7 @@ def test_a_group_without_its_node_fails_its_keys_while_the_others_serve(world: W
 
 
 def test_a_seed_list_reads_the_map_from_cluster_topology(world: World) -> None:
+    world.cluster.wait_router()  # it knows every leader (again, after a test killed one)
     url = f"karma+seeds://127.0.0.1:1,127.0.0.1:{world.cluster.router.port}"
     with k.Client(url, timeout=5) as cluster, k.Client(world.url, timeout=5) as direct:
         view = cluster.cluster_view()
