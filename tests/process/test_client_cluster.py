@@ -442,3 +442,19 @@ def wait_for_nodes_map(cluster: Cluster, old_version: int, timeout: float = 10) 
                 break
             assert time.monotonic() < deadline, "the nodes did not see the new map"
             time.sleep(0.1)
+
+
+def test_reservations_and_node_calls_route(world: World) -> None:
+    key = KEYS["g2"][2]
+    with k.Client(world.url, timeout=5) as cluster:
+        with cluster.reserve("held", key, 2, max=5, window=DAY) as held:
+            assert held.answer.allowed
+            assert cluster.check("held", key, 0, max=5, window=DAY).items[0].held == 2
+        after = cluster.check("held", key, 0, max=5, window=DAY).items[0]
+        assert (after.used, after.held) == (2, 0)
+        hold = cluster.limit_reserve("held", key, 1, max=5, window=DAY)
+        assert hold.id is not None
+        assert cluster.void(hold.id).id == hold.id
+        assert cluster.check("held", key, 0, max=5, window=DAY).items[0].held == 0
+        assert cluster.health().status == "ok"
+        assert cluster.ping() == "pong"
