@@ -82,6 +82,31 @@ class Plan:
     #: every group of the map, in map order (where series lists are asked)
     groups: tuple[str, ...]
 
+    @property
+    def waves(self) -> tuple[tuple[int, ...], ...]:
+        """Part indices to send in turn: a later wave only when every earlier part succeeded
+        (`early_answer` says when to stop). One wave, all parts, except for an ingest chunk
+        with zero values: an `add` stream refuses those, so the parts holding them go first
+        and a refusal leaves the other groups untouched, as one node refuses the whole chunk.
+        """
+        if not isinstance(self.request, r.IngestChunk) or len(self.parts) < 2:
+            return (tuple(range(len(self.parts))),)
+        zeros = tuple(
+            i
+            for i, part in enumerate(self.parts)
+            if any(self.request.items[p][2] == 0 for p in part.positions)
+        )
+        rest = tuple(i for i in range(len(self.parts)) if i not in zeros)
+        return (zeros, rest) if zeros and rest else (tuple(range(len(self.parts))),)
+
+    def early_answer(self, replies: Sequence[Reply]) -> Reply | None:
+        """After a wave that is not the last: the answer when a part failed (no later wave is
+        sent), else None."""
+        for reply in replies:
+            if not reply.success:
+                return reply
+        return None
+
     def merge(
         self, replies: Sequence[Reply], series: SeriesLists | None = None
     ) -> Reply | NeedSeries:

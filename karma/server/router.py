@@ -51,8 +51,6 @@ from karma.server.router_groups import (
     etcd_urls,
 )
 
-#: the router checks no token itself: the groups do, on every part
-_GATE = Gate()
 _generic = msgspec.json.Decoder()
 #: decode errors a node gives before it looks at the token: the router answers them itself.
 #: Later ones (a field's type or value) come after the node's token check, so the line goes to
@@ -113,11 +111,15 @@ class Router:
     metrics: Metrics
     cluster: str
     max_request_bytes: int
+    #: the groups check every part's token; the router checks one only when given the tokens
+    #: (--auth-token/--read-auth-token), so that what it answers itself (system.ping,
+    #: cluster.topology, a bad line) is refused as a node would refuse it
+    gate: Gate = attrs.field(factory=Gate)
 
     # --- one request ----------------------------------------------------------------------
     async def answer(self, line: bytes) -> bytes:
         try:
-            request = decode(line, _GATE)
+            request = decode(line, self.gate)
         except KarmaError as exc:
             data = await self._refused(line, exc)
         else:
@@ -158,9 +160,21 @@ class Router:
                 if attempt == 0 and data.find(b'"error_code":"moved"') != -1:
                     shardmap = await self._moved()
                     continue
-                return data
-            replies = await self._parts(plan, optable.TAG_BY_CLASS[type(request)])
-            if attempt == 0 and all(reply.error_code == "moved" for reply in replies):
+                if data.find(b'"error_code":"not_found"') == -1:
+                    return data  # as the group said it, byte for byte
+                replies = [Reply.decode(data.rstrip())]  # the series may exist elsewhere
+            else:
+                tag = optable.TAG_BY_CLASS[type(request)]
+                sent: dict[int, Reply] = {}
+                waves = plan.waves
+                for number, wave in enumerate(waves):
+                    got = await self._parts(plan, tag, [plan.parts[i] for i in wave])
+                    sent.update(zip(wave, got, strict=True))
+                    early = plan.early_answer(got) if number < len(waves) - 1 else None
+                    if early is not None:
+                        return early.encode()
+                replies = [sent[i] for i in range(len(plan.parts))]
+            if attempt == 0 and replies and all(reply.error_code == "moved" for reply in replies):
                 # every part was refused, nothing applied anywhere: plan again under the new
                 # map (a part refused among parts applied is answered as it is: retriable)
                 shardmap = await self._moved()
@@ -348,6 +362,8 @@ class Settings:
     metrics_port: int = 0
     timeout_s: float = EXCHANGE_TIMEOUT_S
     max_request_bytes: int = _MAX_REQUEST_BYTES
+    auth_token: str | None = None
+    read_auth_token: str | None = None
     log: bool = True
 
 
@@ -360,7 +376,8 @@ async def serve(
     etcd = EtcdClient(settings.etcd)
     directory = Directory(etcd, settings.cluster, log)
     pools = Pools(settings.timeout_s)
-    router = Router(directory, pools, Metrics(), settings.cluster, settings.max_request_bytes)
+    gate = Gate(settings.auth_token, settings.read_auth_token)
+    router = Router(directory, pools, Metrics(), settings.cluster, settings.max_request_bytes, gate)
     failures = AcceptFailures(Counters(), log)
     try:
         async with trio.open_nursery() as nursery:
@@ -411,6 +428,16 @@ def parse(argv: Sequence[str]) -> Settings:
         default=_MAX_REQUEST_BYTES,
         help="the longest request line, as the groups' own --max-request-bytes",
     )
+    parser.add_argument(
+        "--auth-token",
+        default=env.get("KARMA_AUTH_TOKEN"),
+        help="the groups' --auth-token, for what the router answers itself (optional)",
+    )
+    parser.add_argument(
+        "--read-auth-token",
+        default=env.get("KARMA_READ_AUTH_TOKEN"),
+        help="the groups' --read-auth-token (optional)",
+    )
     parser.add_argument("--log", default="true", choices=["true", "false"])
     args = parser.parse_args(list(argv))
     if not args.etcd or not args.cluster:
@@ -424,6 +451,8 @@ def parse(argv: Sequence[str]) -> Settings:
         metrics_port=args.metrics_port,
         timeout_s=args.group_timeout_s,
         max_request_bytes=args.max_request_bytes,
+        auth_token=args.auth_token or None,
+        read_auth_token=args.read_auth_token or None,
         log=args.log == "true",
     )
 

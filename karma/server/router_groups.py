@@ -39,6 +39,11 @@ __all__ = [
 class GroupUnavailableError(Exception):
     """A group's leader is unknown or cannot be reached; the message says why."""
 
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        #: the group may have applied the line, only too slowly: never sent again
+        self.timed_out = timed_out
+
 
 @attrs.define(eq=False)
 class Directory:
@@ -158,12 +163,31 @@ class Pools:
     _idle: dict[str, list[_Link]] = attrs.field(factory=dict)
 
     async def exchange(self, addr: str, line: bytes) -> bytes:
-        """One request line to `addr`, its answer line (with `\\r\\n`); GroupUnavailableError."""
-        link = None
+        """One request line to `addr`, its answer line (with `\\r\\n`); GroupUnavailableError.
+
+        An idle connection the node closed meanwhile (it restarted, or failed over and came
+        back) fails at once: the line is sent again on a new connection, once. That old
+        connection belonged to a process that is gone, so the line was not applied there.
+        """
+        idle = self._idle.setdefault(addr, [])
+        if idle:
+            link = idle.pop()
+            try:
+                return await self._exchange(addr, link, line)
+            except GroupUnavailableError as exc:
+                if exc.timed_out:
+                    raise
+                for stale in idle:  # the others date from the same process
+                    await trio.aclose_forcefully(stale.stream)
+                idle.clear()
+        return await self._exchange(addr, None, line)
+
+    async def _exchange(self, addr: str, link: _Link | None, line: bytes) -> bytes:
         idle = self._idle.setdefault(addr, [])
         try:
             with trio.fail_after(self.timeout_s if self.timeout_s > 0 else math.inf):
-                link = idle.pop() if idle else await _connect(addr)
+                if link is None:
+                    link = await _connect(addr)
                 answer = await link.exchange(line)
         except (
             OSError,
@@ -173,7 +197,8 @@ class Pools:
         ) as exc:
             if link is not None:
                 await trio.aclose_forcefully(link.stream)
-            raise GroupUnavailableError(f"{addr}: {str(exc) or type(exc).__name__}") from None
+            why = f"{addr}: {str(exc) or type(exc).__name__}"
+            raise GroupUnavailableError(why, timed_out=isinstance(exc, trio.TooSlowError)) from None
         if len(idle) < self.max_idle:
             idle.append(link)
         else:
