@@ -18,6 +18,8 @@ sent back the outcome, so the blocking client, the async client (and any router)
             outcome = the new ShardMap
 
 Rules:
+- the parts go in the plan's waves (one, except for an ingest chunk whose zero values one node
+  would refuse: those parts first, and nothing more when one is refused);
 - a request every part of which answered `moved` was applied nowhere: the map is read again
   once and the request planned again under it (a split keyed write's parts then carry the
   keys derived for the new map's groups); a second `moved` is the answer (an error);
@@ -73,7 +75,16 @@ def drive(request: r.Request, obj: JsonObject, shardmap: ShardMap, *, nonce: str
             parts = tuple((p.group, p.request) for p in settlement.parts)
             settled = _replies((yield Send(parts))) if parts else []
             return plan.finish(settlement, settled)
-        replies = _replies((yield Send(tuple((p.group, p.request) for p in plan.parts))))
+        sent: dict[int, Reply] = {}
+        waves = plan.waves
+        for number, wave in enumerate(waves):
+            parts = tuple((plan.parts[i].group, plan.parts[i].request) for i in wave)
+            got = _replies((yield Send(parts)))
+            sent.update(zip(wave, got, strict=True))
+            early = plan.early_answer(got) if number < len(waves) - 1 else None
+            if early is not None:
+                return early
+        replies = [sent[i] for i in range(len(plan.parts))]
         if _all_moved(replies):
             if attempt == 0:
                 shardmap = _map((yield Refresh()))

@@ -140,6 +140,13 @@ SCRIPT: list[Callable[[k.Client], Any]] = [
     lambda c: c.ingest_chunk("s1", "v", 1, [(key, D1, 3) for key in MIXED[:6]]),
     lambda c: c.ingest_commit("s1"),
     lambda c: c.batch_sum("v", MIXED[:6]),
+    lambda c: c.ingest_begin("s2", "add"),
+    # an add stream refuses a zero value: the whole chunk, in no group applied
+    lambda c: c.ingest_chunk(
+        "s2", "v", 1, [(key, D1, 1) for key in MIXED[:5]] + [(MIXED[5], D1, 0)]
+    ),
+    lambda c: c.ingest_abort("s2"),
+    lambda c: c.batch_sum("v", MIXED[:6]),
     lambda c: c.consume("lim", MIXED[0], 2, max=3, window=DAY, idempotency_key="one"),
     lambda c: c.consume("lim", MIXED[0], 2, max=3, window=DAY, idempotency_key="two"),
     lambda c: c.check("lim", MIXED[0], 1, max=3, window=DAY),
