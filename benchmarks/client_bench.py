@@ -6,11 +6,18 @@ the client's own overhead. Then (issue 25) keyed increments (a unique idempotenc
 beside plain ones through the sync and the async client, 32 in flight, against a server with
 WAL + fsync. Prints tables and JSON.
 
-    .venv/bin/python benchmarks/client_bench.py [--keyed-only]
+`--cluster` (issue 27): keyed increments through the sync client, 32 threads, against one node
+(a `karma://` URL), against one such node through a map of one group, and against 2 such
+nodes as 2 groups (a `karma+etcd://` URL: one etcd member, the map splitting the slots evenly,
+each node published as its group's leader by hand), WAL on, fsync off, alternating rounds;
+with the client process's CPU per request, whose inverse is one client process's ceiling.
+
+    .venv/bin/python benchmarks/client_bench.py [--keyed-only | --cluster]
 """
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import subprocess
@@ -18,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -159,7 +167,106 @@ def keyed_rows() -> dict[str, float]:
     return rows
 
 
+def _cluster_threads(url: str, threads: int = 32) -> tuple[float, float]:
+    """Keyed increments over many keys (so both groups get their share); requests/s and the
+    client process's CPU seconds per request."""
+    client = Client(url, pool_size=threads, timeout=10)
+    client.increment("bench", 0)  # the map and leaders are read before the clock starts
+    counts = [0] * threads
+    stop = time.monotonic() + SECONDS
+
+    def work(index: int) -> None:
+        key = index
+        while time.monotonic() < stop:
+            client.increment("bench", key, idempotency_key=_key(True))
+            key += threads
+            counts[index] += 1
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    cpu = time.process_time()
+    started = time.monotonic()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    elapsed = time.monotonic() - started
+    cpu = time.process_time() - cpu
+    client.close()
+    total = sum(counts)
+    return total / elapsed, cpu / max(total, 1)
+
+
+def _etcd_put(url: str, key: str, value: bytes) -> None:
+    body = json.dumps(
+        {"key": base64.b64encode(key.encode()).decode(), "value": base64.b64encode(value).decode()}
+    ).encode()
+    request = urllib.request.Request(
+        url + "/v3/kv/put", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as reply:
+        reply.read()
+
+
+def cluster_rows(rounds: int = 2) -> dict[str, float]:
+    from karma.cluster.directory import leader_key
+    from karma.cluster.shardmap import even_split, map_key
+    from tests.process.etcd import ETCD, Etcd
+
+    if ETCD is None:
+        raise SystemExit("--cluster needs an etcd binary (Debian: apt-get install etcd-server)")
+    work = Path(tempfile.mkdtemp(prefix="client-bench-cluster-"))
+    etcd = Etcd(work / "etcd").start()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        single_port = free_port()
+        procs.append(start_karma(single_port, work / "single", "--wal-fsync=false"))
+        group_ports = {}
+        for group in ("g1", "g2"):
+            # plain nodes (no HA: the same options as the single node), each published as its
+            # group's leader by hand, so the rows compare routing and not HA's own cost
+            port = free_port()
+            group_ports[group] = port
+            procs.append(start_karma(port, work / group, "--wal-fsync=false"))
+            leader = {"node": f"{group}-n1", "addr": f"127.0.0.1:{port}", "start_lsn": 0}
+            _etcd_put(etcd.url, leader_key(group), json.dumps(leader).encode())
+        _etcd_put(etcd.url, map_key("bench"), even_split(["g1", "g2"]).to_json())
+        _etcd_put(etcd.url, map_key("one"), even_split(["g1"]).to_json())
+        urls = {
+            "1 node (karma://)": f"karma://127.0.0.1:{single_port}",
+            "group g1's node (karma://)": f"karma://127.0.0.1:{group_ports['g1']}",
+            "1 group (karma+etcd://)": f"karma+etcd://{etcd.url.removeprefix('http://')}/one",
+            "2 groups (karma+etcd://)": f"karma+etcd://{etcd.url.removeprefix('http://')}/bench",
+        }
+        rates: dict[str, list[float]] = {label: [] for label in urls}
+        cpus: dict[str, list[float]] = {label: [] for label in urls}
+        for _ in range(rounds):
+            for label, url in urls.items():
+                rate, cpu = _cluster_threads(url)
+                rates[label].append(rate)
+                cpus[label].append(cpu)
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=60)
+        etcd.stop()
+    rows: dict[str, float] = {}
+    for label in urls:
+        rows[f"keyed, 32 threads, {label}"] = max(rates[label])
+        cpu = min(cpus[label])
+        rows[f"client CPU us/request, {label}"] = cpu * 1e6
+        rows[f"client ceiling req/s (1/CPU), {label}"] = 1 / cpu if cpu else 0.0
+    print(f"{'cluster mode, WAL on, fsync off':52}{'value':>12}")
+    for label, value in rows.items():
+        print(f"{label:52}{value:>12,.0f}")
+    print(json.dumps({label: round(value) for label, value in rows.items()}))
+    return rows
+
+
 def main() -> None:
+    if "--cluster" in sys.argv:
+        cluster_rows()
+        return
     if "--keyed-only" not in sys.argv:
         plain_rows()
     rows = keyed_rows()

@@ -13,6 +13,8 @@ import anyio.abc
 
 from karma.client import calls, limit_calls, seeds
 from karma.client.call import Call, backoff
+from karma.client.cluster import ClusterUrl, parse_any_url
+from karma.client.cluster_aio import AsyncClusterRouting
 from karma.client.errors import ConnectionFailed, KarmaError
 from karma.client.reservations import AsyncReservation
 from karma.client.seeds import Address, Search, Seeds, SeedStatistics, Topology
@@ -22,10 +24,10 @@ from karma.client.wire import (
     decode_answers,
     encode_call,
     is_quiet,
-    parse_url,
     read_answer,
     results,
 )
+from karma.cluster.directory import View
 
 T = TypeVar("T")
 #: What a broken or closed stream raises, under either backend.
@@ -92,7 +94,7 @@ class _Connection:
 
 class AsyncClient(SendsAsync):
     """karma-trio from trio or asyncio tasks; the same methods as `Client`, awaited (seed
-    lists and the failover retry included)."""
+    lists, the failover retry and cluster mode included)."""
 
     def __init__(
         self,
@@ -106,7 +108,14 @@ class AsyncClient(SendsAsync):
         retries: int = 0,
         seeds: Sequence[tuple[str, int]] | None = None,
         failover_timeout: float = 15.0,
+        cluster: ClusterUrl | None = None,
     ) -> None:
+        if "://" in host:
+            parsed = parse_any_url(host)
+            host, port = parsed.get("host", "127.0.0.1"), parsed.get("port", port)
+            token = token if token is not None else parsed.get("token")
+            seeds = parsed.get("seeds", seeds)
+            cluster = parsed.get("cluster", cluster)
         self._seeds = None if seeds is None else Seeds.of(seeds)
         if self._seeds is not None:
             host, port = self._seeds.addresses[0]
@@ -117,10 +126,25 @@ class AsyncClient(SendsAsync):
         self._slots = anyio.Semaphore(pool_size)
         #: one task at a time looks for the leader; the others then use what it found
         self._searching = anyio.Lock()
+        self.pool_size = pool_size
+        self._cluster = (
+            None
+            if cluster is None
+            else AsyncClusterRouting(cluster, token, self._group_client, timeout, self._ask_seed)
+        )
+
+    def _group_client(self, address: Address) -> AsyncClient:
+        return AsyncClient(
+            address[0],
+            address[1],
+            connect_timeout=self.connect_timeout,
+            timeout=self.timeout,
+            pool_size=self.pool_size,
+        )
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> AsyncClient:
-        return cls(**{**parse_url(url), **options})
+        return cls(**{**parse_any_url(url), **options})
 
     @classmethod
     def from_env(cls, **options: Any) -> AsyncClient:
@@ -134,6 +158,8 @@ class AsyncClient(SendsAsync):
         await self.aclose()
 
     async def aclose(self) -> None:
+        if self._cluster is not None:
+            await self._cluster.aclose()
         idle, self._idle = self._idle, []
         for connection in idle:
             await connection.aclose()
@@ -199,6 +225,8 @@ class AsyncClient(SendsAsync):
     async def run(self, call: Call[T], *, retries: int | None = None) -> T:
         """Send one Call (see karma.client.call), retrying as configured."""
         budget = self.retries if retries is None else retries
+        if self._cluster is not None:
+            return await self._run_in_cluster(self._cluster, call, budget)
         # with seeds there is always the failover retry: keyable writes get a key up front
         call = call.keyed_for(budget if self._seeds is None else max(budget, 1))
         attempt = 0
@@ -215,6 +243,43 @@ class AsyncClient(SendsAsync):
                     raise
                 attempt += 1
                 await anyio.sleep(backoff(attempt))
+
+    async def _run_in_cluster(self, routing: AsyncClusterRouting, call: Call[T], budget: int) -> T:
+        """As `Client._run_in_cluster`."""
+        call = call.keyed_for(max(budget, 1))
+        attempt = 0
+        failed_over = False
+        while True:
+            try:
+                return await routing.run(call)
+            except KarmaError as exc:
+                if not failed_over and call.retry_safe and seeds.fails_over(exc):
+                    failed_over = True
+                    before = (await routing.view()).leaders
+                    if (await routing.refresh()).leaders != before:
+                        continue
+                if not exc.retriable or attempt >= budget or not call.retry_safe:
+                    raise
+                attempt += 1
+                await anyio.sleep(backoff(attempt))
+
+    async def cluster_view(self) -> View | None:
+        """Cluster mode: the shard map and leaders calls are routed by (None otherwise)."""
+        return None if self._cluster is None else await self._cluster.view()
+
+    async def _ask_seed(self, address: Address) -> Answer | None:
+        try:
+            connection = await self._connect(address)
+        except ConnectionFailed:
+            return None
+        try:
+            with anyio.fail_after(self.timeout):
+                request = encode_call(calls.topology(), self.token)
+                return (await connection.exchange(request, 1))[0]
+        except (*BROKEN, TimeoutError, KarmaError):
+            return None
+        finally:
+            await connection.aclose()
 
     # --- the leader of a seed list (as in Client) ----------------------------------------------
     async def _target(self) -> tuple[Address, int]:
@@ -304,6 +369,9 @@ class AsyncPipeline(Queues):
         queued, self.calls = self.calls, []
         if not queued:
             return []
+        routing = self.client._cluster
+        if routing is not None:
+            return results(queued, [await routing.answer(call) for call in queued])
         return results(queued, await self.client.exchange(queued))
 
 

@@ -95,6 +95,15 @@ class NotLeader(KarmaError):
     retriable = True
 
 
+class Moved(KarmaError):
+    """Cluster mode: the group asked does not own the key's slot (the map changed). The client
+    reads the map again and retries once by itself; this is raised when the second try is
+    refused too. Nothing was applied."""
+
+    code = "moved"
+    retriable = True
+
+
 class InternalError(KarmaError):
     code = "internal_error"
 
@@ -128,6 +137,7 @@ BY_CODE: Final[dict[str, type[KarmaError]]] = {
         StorageUnavailable,
         CapacityExceeded,
         NotLeader,
+        Moved,
         InternalError,
     )
 }

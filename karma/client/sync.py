@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 from karma.client import calls, limit_calls, seeds
 from karma.client.call import Call, backoff
+from karma.client.cluster import ClusterUrl, parse_any_url
+from karma.client.cluster_sync import ClusterRouting
 from karma.client.errors import ConnectionFailed, KarmaError
 from karma.client.reservations import Reservation
 from karma.client.seeds import Address, Search, Seeds, SeedStatistics, Topology
@@ -22,10 +24,10 @@ from karma.client.wire import (
     decode_answers,
     encode_call,
     is_quiet,
-    parse_url,
     read_answer,
     results,
 )
+from karma.cluster.directory import View
 
 T = TypeVar("T")
 
@@ -104,6 +106,10 @@ class Client(Sends):
     the leader, found through `cluster.topology`; a retry-safe call that meets `not_leader` or a
     lost connection is sent once more to the leader found within `failover_timeout` seconds
     (see `karma.client.seeds`). `host` and `port` are then the first seed's.
+
+    Cluster mode: `Client("karma+etcd://e1:2379,e2:2379/CLUSTER")` (or `karma+seeds://…`, or any
+    URL as the first argument) routes each call by the shard map to the groups' leaders, one
+    pool per leader, the parts of a fanned-out call sent concurrently (docs/client.md).
     """
 
     def __init__(
@@ -118,7 +124,14 @@ class Client(Sends):
         retries: int = 0,
         seeds: Sequence[tuple[str, int]] | None = None,
         failover_timeout: float = 15.0,
+        cluster: ClusterUrl | None = None,
     ) -> None:
+        if "://" in host:
+            parsed = parse_any_url(host)
+            host, port = parsed.get("host", "127.0.0.1"), parsed.get("port", port)
+            token = token if token is not None else parsed.get("token")
+            seeds = parsed.get("seeds", seeds)
+            cluster = parsed.get("cluster", cluster)
         self._seeds = None if seeds is None else Seeds.of(seeds)
         if self._seeds is not None:
             host, port = self._seeds.addresses[0]
@@ -129,10 +142,25 @@ class Client(Sends):
         self._slots = threading.BoundedSemaphore(pool_size)
         #: one thread at a time looks for the leader; the others then use what it found
         self._searching = threading.Lock()
+        self.pool_size = pool_size
+        self._cluster = (
+            None
+            if cluster is None
+            else ClusterRouting(cluster, token, self._group_client, timeout, self._ask_seed)
+        )
+
+    def _group_client(self, address: Address) -> Client:
+        return Client(
+            address[0],
+            address[1],
+            connect_timeout=self.connect_timeout,
+            timeout=self.timeout,
+            pool_size=self.pool_size,
+        )
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Client:
-        return cls(**{**parse_url(url), **options})
+        return cls(**{**parse_any_url(url), **options})
 
     @classmethod
     def from_env(cls, **options: Any) -> Client:
@@ -146,6 +174,8 @@ class Client(Sends):
         self.close()
 
     def close(self) -> None:
+        if self._cluster is not None:
+            self._cluster.close()
         while True:
             try:
                 self._idle.get_nowait().close()
@@ -217,6 +247,8 @@ class Client(Sends):
     def run(self, call: Call[T], *, retries: int | None = None) -> T:
         """Send one Call (see karma.client.call), retrying as configured."""
         budget = self.retries if retries is None else retries
+        if self._cluster is not None:
+            return self._run_in_cluster(self._cluster, call, budget)
         # with seeds there is always the failover retry: keyable writes get a key up front
         call = call.keyed_for(budget if self._seeds is None else max(budget, 1))
         attempt = 0
@@ -232,6 +264,58 @@ class Client(Sends):
                     raise
                 attempt += 1
                 time.sleep(backoff(attempt))
+
+    def _run_in_cluster(self, routing: ClusterRouting, call: Call[T], budget: int) -> T:
+        """As `run`, by the map: a call that met a lost or refusing group leader is sent once
+        more when the leaders read again name another; keyable writes are always keyed, so a
+        split write resent makes the same parts with the same keys."""
+        call = call.keyed_for(max(budget, 1))
+        attempt = 0
+        failed_over = False
+        while True:
+            try:
+                return routing.run(call)
+            except KarmaError as exc:
+                if not failed_over and call.retry_safe and seeds.fails_over(exc):
+                    failed_over = True
+                    before = routing.view().leaders
+                    if routing.refresh().leaders != before:
+                        continue
+                if not exc.retriable or attempt >= budget or not call.retry_safe:
+                    raise
+                attempt += 1
+                time.sleep(backoff(attempt))
+
+    @property
+    def clustered(self) -> bool:
+        """True in cluster mode (a `karma+etcd://` or `karma+seeds://` URL)."""
+        return self._cluster is not None
+
+    def answer(self, call: Call[Any]) -> Answer:
+        """One call's answer envelope, unread and not retried (in cluster mode: the answer
+        merged as one node would give it). For tools that show answers as they came."""
+        if self._cluster is not None:
+            return self._cluster.answer(call)
+        return self._exchange([call])[0]
+
+    def cluster_view(self) -> View | None:
+        """Cluster mode: the shard map and leaders calls are routed by (None otherwise)."""
+        return None if self._cluster is None else self._cluster.view()
+
+    def _ask_seed(self, address: Address) -> Answer | None:
+        """`cluster.topology` from `address` on a connection of its own; None if no answer."""
+        try:
+            connection = _Connection(address, self.connect_timeout)
+        except OSError:
+            return None
+        try:
+            return connection.exchange(encode_call(calls.topology(), self.token), 1, self.timeout)[
+                0
+            ]
+        except (OSError, KarmaError):
+            return None
+        finally:
+            connection.close()
 
     # --- the leader of a seed list --------------------------------------------------------------
     def _target(self) -> tuple[Address, int]:
@@ -320,6 +404,10 @@ class Pipeline(Queues):
         queued, self.calls = self.calls, []
         if not queued:
             return []
+        routing = self.client._cluster
+        if routing is not None:
+            # by the map, one call after another (each may fan out); nothing is retried
+            return results(queued, [routing.answer(call) for call in queued])
         return results(queued, self.client._exchange(queued))
 
 

@@ -9,13 +9,12 @@ a leader cannot be reached. Nothing here is kept on disk: a router restarts from
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import attrs
 import trio
 
 from karma.cluster import shardmap as sm
-from karma.ha import rules
+from karma.cluster.directory import etcd_urls, leader_key, leader_of
 from karma.ha.etcd_client import EtcdClient
 from karma.ha.etcd_wire import EtcdError
 from karma.observability.logs import Logger
@@ -27,6 +26,16 @@ WATCH_RENEW_S = 30.0
 EXCHANGE_TIMEOUT_S = 10.0
 
 
+__all__ = [
+    "EXCHANGE_TIMEOUT_S",
+    "Directory",
+    "GroupUnavailableError",
+    "Pools",
+    "etcd_urls",
+    "leader_key",
+]
+
+
 class GroupUnavailableError(Exception):
     """A group's leader is unknown or cannot be reached; the message says why."""
 
@@ -34,11 +43,6 @@ class GroupUnavailableError(Exception):
         super().__init__(message)
         #: the group may have applied the line, only too slowly: never sent again
         self.timed_out = timed_out
-
-
-def leader_key(group: str) -> str:
-    """Where group `group`'s leader is published (an HA group of spec/ha.md)."""
-    return rules.Keys(group).leader
 
 
 @attrs.define(eq=False)
@@ -117,11 +121,7 @@ class Directory:
             except EtcdError as exc:
                 self.log.warning("router.leader_unreadable", group=group, error=str(exc))
                 continue
-            leader = None
-            if found.kvs:
-                kv = found.kvs[0]
-                decoded = rules.decode_leader(kv.value, kv.create_revision)
-                leader = None if decoded is None else decoded.addr
+            leader = leader_of(found.kvs)
             if self.leaders.get(group) != leader:
                 self.log.info("router.leader", group=group, addr=leader)
             self.leaders[group] = leader
@@ -217,13 +217,3 @@ async def _connect(addr: str) -> _Link:
     if not host or not port.isdigit():
         raise OSError(f"not host:port: {addr!r}")
     return _Link(await trio.open_tcp_stream(host.strip("[]"), int(port)))
-
-
-def etcd_urls(text: str) -> Sequence[str]:
-    """`--etcd=h1:2379,http://h2:2379` → base URLs."""
-    urls = []
-    for item in text.split(","):
-        item = item.strip().rstrip("/")
-        if item:
-            urls.append(item if "://" in item else f"http://{item}")
-    return urls

@@ -246,7 +246,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         ),
     )
     parser.add_argument(
-        "--url", help="karma://[token@]host:port (default: $KARMA_URL, else karma://127.0.0.1:8080)"
+        "--url",
+        help="karma://[token@]host:port, or a cluster: karma+etcd://[token@]HOST:PORT[,…]/CLUSTER"
+        " or karma+seeds://[token@]HOST:PORT[,…] (default: $KARMA_URL, else"
+        " karma://127.0.0.1:8080)",
     )
     parser.add_argument("--json", action="store_true", help="print answers as the server sent them")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (default 10)")
