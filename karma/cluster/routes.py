@@ -67,6 +67,7 @@ _ROUTES: Final[dict[type[r.Request], Route]] = {
     r.SnapshotLoad: Route.ONE_NODE,
     r.SnapshotFetch: Route.ONE_NODE,
     r.SnapshotFetchChunk: Route.ONE_NODE,
+    r.SnapshotManifest: Route.ONE_NODE,
     r.RecoveryCheckpoint: Route.ONE_NODE,
     r.RecoveryStatus: Route.ONE_NODE,
     r.ReconciliationReport: Route.ONE_NODE,

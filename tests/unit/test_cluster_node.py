@@ -73,7 +73,7 @@ KEYLESS = {
     "series.compact", "tree.compact", "series.delete_before", "tree.delete_before",
     "snapshot.create", "snapshot.create_all", "snapshot.list", "snapshot.info",
     "snapshot.verify", "snapshot.load", "snapshot.fetch", "snapshot.fetch_chunk",
-    "recovery.checkpoint", "recovery.status", "reconciliation.report",
+    "snapshot.manifest", "recovery.checkpoint", "recovery.status", "reconciliation.report",
     "replication.entries", "replication.status", "cluster.topology", "ingest.begin",
     "ingest.commit", "ingest.abort", "idempotency.prune", "idempotency.snapshot_fetch_chunk",
     "limit.commit", "limit.void", "limit.reservation", "limit.status",
