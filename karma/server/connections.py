@@ -28,6 +28,7 @@ from karma.protocol import envelope
 from karma.protocol.framing import LineBuffer
 from karma.server.answers import Acknowledgement, Busy, Waiting
 from karma.server.node import Node
+from karma.tls import Reloadable
 
 RECEIVE_BYTES = 65536
 
@@ -135,14 +136,7 @@ async def serve_connection(node: Node, drain: Drain, stream: trio.SocketStream) 
                 singles = singles + 1 if len(lines) == 1 else 0
                 out = await answer_all(node, lines, deadline, send, limit)
                 if buffer.too_large:
-                    error = KarmaError(
-                        ErrorCode.REQUEST_TOO_LARGE,
-                        f"Request exceeds {config.max_request_bytes} bytes",
-                    )
-                    out.append(envelope.encode_error(error))
-                    counters = node.context.engine.counters
-                    counters.record(0.0, failed=True)
-                    counters.record_error(str(ErrorCode.REQUEST_TOO_LARGE), "-")
+                    out.append(_too_large(node))
                 if out:
                     # inline rather than `await send(...)`: most answers leave in this one call
                     payload = out[0] if len(out) == 1 else b"".join(out)
@@ -159,6 +153,81 @@ async def serve_connection(node: Node, drain: Drain, stream: trio.SocketStream) 
             drain.open.discard(connection)
             trio.lowlevel.notify_closing(raw)
             raw.close()
+
+
+def _too_large(node: Node) -> bytes:
+    """The answer to a request line longer than --max-request-bytes (the connection closes)."""
+    config = node.context.config
+    error = KarmaError(
+        ErrorCode.REQUEST_TOO_LARGE, f"Request exceeds {config.max_request_bytes} bytes"
+    )
+    counters = node.context.engine.counters
+    counters.record(0.0, failed=True)
+    counters.record_error(str(ErrorCode.REQUEST_TOO_LARGE), "-")
+    return envelope.encode_error(error)
+
+
+async def serve_tls_connection(
+    node: Node, drain: Drain, contexts: Reloadable, stream: trio.SocketStream
+) -> None:
+    """A client of the TLS port: its stream wrapped in the server context of the moment.
+
+    The handshake runs inside the first read, under --read-timeout, so a client that never
+    completes it goes like an idle one; one that speaks plaintext (or fails the certificate
+    check) breaks the stream and is closed without an answer: there is no channel to answer on.
+    """
+    if not node.context.config.nodelay:
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, False)
+    await serve_stream(node, drain, trio.SSLStream(stream, contexts.current, server_side=True))
+
+
+async def serve_stream(node: Node, drain: Drain, stream: trio.abc.Stream) -> None:
+    """`serve_connection` for any trio stream (a TLS one): the same reads, timeouts, slices
+    and answers, through the stream's own methods instead of the raw socket fast path (which
+    would write plaintext under the TLS layer)."""
+    config = node.context.config
+    buffer = LineBuffer(config.max_request_bytes)
+    read_timeout = config.read_timeout or math.inf
+    write_timeout = config.write_timeout or math.inf
+    line_timeout = config.request_line_timeout or math.inf
+    limit = flush_bytes(config)
+    with trio.CancelScope() as deadline:
+
+        async def send(payload: bytes) -> None:
+            _extend(deadline, trio.current_time(), write_timeout)
+            await stream.send_all(payload)
+
+        connection = Connection(deadline)
+        drain.open.add(connection)
+        try:
+            line_due = math.inf
+            while not drain.closing:
+                now = trio.current_time()
+                if buffer.pending:
+                    if line_due == math.inf:
+                        line_due = now + line_timeout
+                    deadline.deadline = min(line_due, now + read_timeout)
+                else:
+                    _extend(deadline, now, read_timeout)
+                connection.idle = True
+                data = await stream.receive_some(RECEIVE_BYTES)
+                connection.idle = False
+                if not data:
+                    return
+                lines = buffer.feed(bytes(data))
+                if lines or not buffer.pending:
+                    line_due = math.inf
+                out = await answer_all(node, lines, deadline, send, limit)
+                if buffer.too_large:
+                    out.append(_too_large(node))
+                if out:
+                    await send(out[0] if len(out) == 1 else b"".join(out))
+                if buffer.too_large:
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return
+        finally:
+            drain.open.discard(connection)
 
 
 async def _send(

@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 import trio
 
-from karma import days
+from karma import days, tls
 from karma.config import Config
 from karma.core import mutations as m
 from karma.core.counters import NodeStatus
@@ -80,6 +80,7 @@ class Follower:
             self.config.replication_token,
             # a poll may long-wait for one poll interval on the master
             max(timeout, 5.0, 2 * self.config.replication_poll_interval_ms / 1000 + 1),
+            tls=tls.link_context(self.config),
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

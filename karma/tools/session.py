@@ -12,6 +12,7 @@ import contextlib
 import json
 import select
 import socket
+import ssl
 from enum import IntEnum
 from typing import Any
 
@@ -39,12 +40,14 @@ class Address:
     host: str
     port: int
     token: str | None
+    #: `karmas://`: the TLS context (the client's own), else None
+    tls: ssl.SSLContext | None = None
 
     @classmethod
     def from_url(cls, url: str | None) -> Address:
         """`url`, or `KARMA_URL`, or the client's default; ValueError for a bad URL."""
         client = Client.from_env() if url is None else Client.from_url(url)
-        return cls(client.host, client.port, client.token)
+        return cls(client.host, client.port, client.token, client.tls)
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
@@ -114,9 +117,16 @@ class Session:
             if readable:  # nothing is owed to us, so this is the server closing an idle line
                 self.close()
         if self._sock is None:
-            self._sock = socket.create_connection(
+            sock = socket.create_connection(
                 (self.address.host, self.address.port), timeout=self.timeout
             )
+            if self.address.tls is not None:
+                try:
+                    sock = self.address.tls.wrap_socket(sock, server_hostname=self.address.host)
+                except BaseException:
+                    sock.close()
+                    raise
+            self._sock = sock
             self._buffer = b""
         return self._sock
 
