@@ -41,7 +41,7 @@ class Certs:
 
     def issue(self, name: str, *, expired: bool = False, ca: trustme.CA | None = None) -> Path:
         """A certificate for 127.0.0.1 and localhost written as NAME.pem (chain) and NAME.key."""
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         window = {}
         if expired:
             window = {

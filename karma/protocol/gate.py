@@ -31,7 +31,14 @@ from karma.errors import ErrorCode, KarmaError
 from karma.ha.fence import Fence
 from karma.protocol import requests as r
 from karma.protocol.optable import Access, OpSpec
-from karma.protocol.scopes import READ_AUTH_TOKEN_NAME, UNKNOWN, Scope, TokenTable, touched
+from karma.protocol.scopes import (
+    READ_AUTH_TOKEN_NAME,
+    UNKNOWN,
+    Scope,
+    TokenTable,
+    scopable,
+    touched,
+)
 
 
 class RefusalError(KarmaError):
@@ -114,24 +121,23 @@ class Gate:
                 f"Token lacks the {spec.access.value} right for command {spec.internal_name}",
                 scope.name,
             )
-        return scope
-
-    @staticmethod
-    def check_series(scope: Scope, spec: OpSpec, request: r.Request) -> None:
-        """Refuse a request touching a series outside `scope` (or needing every series).
-
-        Checked before the store is looked at, in the same words whether the series exists
-        or not."""
-        if scope.everything:
-            return
-        names = touched(request)
-        if names is None:
+        if not scope.everything and not scopable(spec.request):
             raise RefusalError(
                 ErrorCode.FORBIDDEN,
                 f"Token cannot execute command {spec.internal_name}: it needs every series",
                 scope.name,
             )
-        for name in names:
+        return scope
+
+    @staticmethod
+    def check_series(scope: Scope, spec: OpSpec, request: r.Request) -> None:
+        """Refuse a request touching a series outside `scope`.
+
+        Checked before the store is looked at, in the same words whether the series exists
+        or not."""
+        if scope.everything:
+            return
+        for name in touched(request):
             if not scope.covers(name):
                 raise RefusalError(
                     ErrorCode.FORBIDDEN,

@@ -91,17 +91,30 @@ UNSCOPED: Final[tuple[type[r.Request], ...]] = (
 )
 
 
-def touched(request: r.Request) -> tuple[str, ...] | None:
-    """The series `request` names, () when it names none that matters, None when it needs `*`."""
+#: ops a token scoped to some series may run at all (the others need `*`)
+SCOPABLE: Final[tuple[type[r.Request], ...]] = (
+    r.SeriesRequest,
+    r.MultiSum,
+    lr.ChargeRequest,
+    *UNSCOPED,
+)
+
+
+def scopable(op: type[r.Request]) -> bool:
+    """May a token scoped to some series prefixes run `op`? (Decided before the request's
+    fields are checked: an op over every series is refused as such, whatever it was sent.)"""
+    return issubclass(op, SCOPABLE)
+
+
+def touched(request: r.Request) -> tuple[str, ...]:
+    """The series a scopable `request` names (none for the UNSCOPED ops)."""
     if isinstance(request, r.SeriesRequest):
         return (request.name,)
     if isinstance(request, r.MultiSum):
         return tuple(item.series for item in request.items)
     if isinstance(request, lr.ChargeRequest):
         return tuple(_charged(item) for item in request.charges())
-    if isinstance(request, UNSCOPED):
-        return ()
-    return None
+    return ()
 
 
 def _charged(item: lr.LimitItem) -> str:

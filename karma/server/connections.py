@@ -172,13 +172,23 @@ async def serve_tls_connection(
 ) -> None:
     """A client of the TLS port: its stream wrapped in the server context of the moment.
 
-    The handshake runs inside the first read, under --read-timeout, so a client that never
-    completes it goes like an idle one; one that speaks plaintext (or fails the certificate
-    check) breaks the stream and is closed without an answer: there is no channel to answer on.
+    The handshake runs first, under --read-timeout, so a client that never completes it goes
+    like an idle one; one that speaks plaintext (or fails the certificate check) is closed
+    without an answer: there is no channel to answer on.
     """
-    if not node.context.config.nodelay:
+    config = node.context.config
+    if not config.nodelay:
         stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, False)
-    await serve_stream(node, drain, trio.SSLStream(stream, contexts.current, server_side=True))
+    tls = trio.SSLStream(stream, contexts.current, server_side=True)
+    try:
+        with trio.fail_after(config.read_timeout or math.inf):
+            await tls.do_handshake()
+    except (trio.BrokenResourceError, trio.TooSlowError) as exc:
+        # debug only: a port scanner or a plaintext client is not the operator's news
+        reason = str(exc.__cause__ or exc) or type(exc).__name__
+        node.context.log.debug("tls.handshake_failed", reason=reason)
+        return
+    await serve_stream(node, drain, tls)
 
 
 async def serve_stream(node: Node, drain: Drain, stream: trio.abc.Stream) -> None:
