@@ -42,8 +42,11 @@ class ServerSettings:
     min_version: str = "1.2"
 
 
-def server_context(settings: ServerSettings) -> ssl.SSLContext:
-    """A server-side context from the files named in `settings`; TlsError when one is bad."""
+def server_context(settings: ServerSettings, *, client_certs: bool = True) -> ssl.SSLContext:
+    """A server-side context from the files named in `settings`; TlsError when one is bad.
+
+    `client_certs=False`: never ask for a client certificate, CA or not (the metrics port:
+    kubelet's and load balancers' https probes cannot present one)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = VERSIONS[settings.min_version]
     # no TLS 1.3 session tickets: karma's clients never resume, and a ticket arriving after
@@ -51,7 +54,7 @@ def server_context(settings: ServerSettings) -> ssl.SSLContext:
     # (nothing unasked may be waiting) would then take for a broken one
     context.num_tickets = 0
     _load_chain(context, settings.cert, settings.key)
-    if settings.ca is not None:
+    if settings.ca is not None and client_certs:
         _load_ca(context, settings.ca)
         context.verify_mode = ssl.CERT_REQUIRED
     return context
@@ -102,17 +105,23 @@ class Reloadable:
 
     settings: ServerSettings
     current: ssl.SSLContext
+    #: the same certificate, asking no client certificate (the metrics port's probes)
+    without_client_certs: ssl.SSLContext
 
     @classmethod
     def load(cls, settings: ServerSettings) -> Reloadable:
-        return cls(settings, server_context(settings))
+        return cls(
+            settings, server_context(settings), server_context(settings, client_certs=False)
+        )
 
     def reload(self) -> str | None:
-        """Build the context again; on failure keep the old one and return the reason."""
+        """Build the contexts again; on failure keep the old ones and return the reason."""
         try:
-            self.current = server_context(self.settings)
+            current = server_context(self.settings)
+            probes = server_context(self.settings, client_certs=False)
         except TlsError as exc:
             return str(exc)
+        self.current, self.without_client_certs = current, probes
         return None
 
 

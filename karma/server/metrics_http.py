@@ -72,9 +72,10 @@ async def _answer_tls(
     answer: Callable[[trio.abc.Stream], Awaitable[None]],
     stream: trio.SocketStream,
 ) -> None:
-    """With --tls-cert the probes and /metrics are https (the same certificate, and with
-    --tls-ca the same client-certificate rule, as the client port)."""
-    tls = trio.SSLStream(stream, contexts.current, server_side=True)
+    """With --tls-cert the probes and /metrics are https, with the client port's certificate
+    but no client certificate asked even with --tls-ca: kubelet's https probes cannot send
+    one. Keep the port on a private address (--metrics-bind) or behind a network policy."""
+    tls = trio.SSLStream(stream, contexts.without_client_certs, server_side=True)
     try:
         with trio.fail_after(5):
             await tls.do_handshake()

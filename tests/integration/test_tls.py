@@ -200,7 +200,8 @@ async def test_the_metrics_port_speaks_https(
     nursery: trio.Nursery, tmp_path: Path, certs: Certs
 ) -> None:
     metrics_port = free_port()
-    await tls_server(nursery, tmp_path, certs, metrics_port=metrics_port)
+    # mTLS on the client port; the probes (kubelet, load balancers) send no certificate
+    await tls_server(nursery, tmp_path, certs, metrics_port=metrics_port, tls_ca=certs.ca_file)
     context = ssl.create_default_context(cafile=certs.ca_file)
     async with httpx.AsyncClient(verify=context) as http:
         reply = await http.get(f"https://127.0.0.1:{metrics_port}/healthz")
