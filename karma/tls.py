@@ -15,6 +15,7 @@ Nothing here imports trio or the server: the client package uses it too.
 
 from __future__ import annotations
 
+import os
 import ssl
 from typing import Final
 
@@ -82,8 +83,10 @@ def client_context(
 def _load_chain(context: ssl.SSLContext, cert: str, key: str | None) -> None:
     try:
         context.load_cert_chain(cert, key)
-    except FileNotFoundError as exc:
-        raise TlsError(f"{exc.filename}: no such file") from None
+    except FileNotFoundError:
+        # the ssl module does not say which of the two is missing
+        missing = next((p for p in (cert, key) if p is not None and not os.path.exists(p)), cert)
+        raise TlsError(f"{missing}: no such file") from None
     except (OSError, ssl.SSLError) as exc:
         reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
         raise TlsError(f"certificate {cert} with key {key or cert}: {reason}") from None
@@ -110,9 +113,7 @@ class Reloadable:
 
     @classmethod
     def load(cls, settings: ServerSettings) -> Reloadable:
-        return cls(
-            settings, server_context(settings), server_context(settings, client_certs=False)
-        )
+        return cls(settings, server_context(settings), server_context(settings, client_certs=False))
 
     def reload(self) -> str | None:
         """Build the contexts again; on failure keep the old ones and return the reason."""
@@ -128,8 +129,8 @@ class Reloadable:
 def server_settings(config: Config) -> ServerSettings | None:
     """The node's TLS files from the options; None when --tls-cert is unset (plaintext)."""
     if config.tls_cert is None:
-        if config.tls_key is not None or config.tls_ca is not None:
-            raise TlsError("--tls-key and --tls-ca need --tls-cert")
+        if config.tls_key is not None or config.tls_ca is not None or config.tls_port is not None:
+            raise TlsError("--tls-key, --tls-ca and --tls-port need --tls-cert")
         return None
     return ServerSettings(
         config.tls_cert, config.tls_key or config.tls_cert, config.tls_ca, config.tls_min_version
@@ -140,8 +141,9 @@ def link_context(config: Config) -> ssl.SSLContext | None:
     """What this node connects to others with (its master, HA members): None in plaintext.
 
     The node's own certificate is its client certificate (the master may require one), and
-    --tls-ca is trusted for theirs (else the system store)."""
+    --tls-ca is trusted for theirs (else the system store). With --tls-port the group's
+    addresses (--port, HA's advertised one) are the plaintext ports: links stay plaintext."""
     settings = server_settings(config)
-    if settings is None:
+    if settings is None or config.tls_port is not None:
         return None
     return client_context(settings.ca, settings.cert, settings.key, settings.min_version)
