@@ -1,4 +1,4 @@
-"""One task per client connection: stream ⇄ LineBuffer ⇄ Node.
+"""One task per client connection: stream ⇄ LineBuffer ⇄ Node (through TLS on the TLS port).
 
 All the lines of one read are handled in order and their answers leave in one write. Writes
 are queued on the WAL writer without waiting — keyed writes and limit decisions too — so a
