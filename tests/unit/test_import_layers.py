@@ -16,7 +16,6 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "import_cycles.py"
 
-
 def check(*args: str) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--json", *args], capture_output=True, text=True, check=False
