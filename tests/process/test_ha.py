@@ -30,15 +30,18 @@ from tests.tls_certs import make
 
 pytestmark = [
     pytest.mark.process,
+    # every test of this module twice: plaintext, and TLS everywhere (the etcd fixture)
+    pytest.mark.parametrize("etcd", [False, True], indirect=True, ids=["plaintext", "tls"]),
     pytest.mark.skipif(ETCD is None, reason="no etcd binary (Debian: apt-get install etcd-server)"),
 ]
 
 
-@pytest.fixture(params=["plaintext", "tls"])
+@pytest.fixture
 def etcd(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Etcd]:
-    """Every test twice: plaintext, and TLS everywhere (etcd over https with client
-    certificates, the nodes' client ports and replication links with mTLS: issue 29)."""
-    certs = make(tmp_path / "certs") if request.param == "tls" else None
+    """One member; with the indirect parameter True (this module's tests, below), TLS
+    everywhere: etcd over https with client certificates, and nodes (ha_group.node) with mTLS
+    on their client ports and links (issue 29). Plaintext for the modules that import it."""
+    certs = make(tmp_path / "certs") if getattr(request, "param", False) else None
     member = Etcd(tmp_path / "etcd", tls=certs).start()
     try:
         yield member
