@@ -36,9 +36,10 @@ USER 10001:10001
 WORKDIR /var/lib/karma-trio
 
 # /healthz on the metrics port: the process is up and serving (restore may take a while on a
-# large directory, hence the start period)
+# large directory, hence the start period); https when KARMA_TLS_CERT is set (docs/security.md:
+# loopback, so the certificate's name is not checked)
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ['KARMA_METRICS_PORT'], timeout=4)"]
+    CMD ["python", "-c", "import os, ssl, urllib.request; tls = bool(os.environ.get('KARMA_TLS_CERT')); urllib.request.urlopen(('https' if tls else 'http') + '://127.0.0.1:%s/healthz' % os.environ['KARMA_METRICS_PORT'], timeout=4, context=ssl._create_unverified_context() if tls else None)"]
 
 # SIGTERM drains connections, takes a final snapshot and exits 0: give it time to
 # (docker run --stop-timeout, terminationGracePeriodSeconds)

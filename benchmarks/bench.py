@@ -421,6 +421,13 @@ def main() -> None:
         help="a karma 1.0 binary: adds its column (never built or fetched by this script)",
     )
     parser.add_argument(
+        "--tls",
+        choices=("with", "only", "none"),
+        default="with",
+        help="the TLS rows (increment p1 and p32, with and without TLS): after the table"
+        " (default), alone, or not at all",
+    )
+    parser.add_argument(
         "--previous",
         default="HEAD~1",
         help="the revision of the table's 'previous' column (default HEAD~1; 'none' omits it)",
@@ -430,18 +437,73 @@ def main() -> None:
     if args.karma1 is not None and not os.access(args.karma1, os.X_OK):
         raise SystemExit(f"--karma1 {args.karma1}: not an executable file")
     options = Options(build_kbench(), single, batches, args.karma1)
-    if args.only:
+    if args.tls == "only":
+        rows = run_tls_cost(args.rounds, single // 4)
+    elif args.only:
         rows = run_matrix(args.only.split(","), args.workloads, args.rounds, options)
     else:
         previous = None if args.previous == "none" else args.previous
         plan = issue_table.Plan(previous, karma1=args.karma1 is not None)
         rows = run_plan(plan, args.rounds, options)
         issue_table.print_table(plan, rows, args.rounds)
+        if args.tls == "with":
+            rows.extend(run_tls_cost(args.rounds, single // 4))
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = RESULTS / f"bench-{stamp}.json"
     out.write_text(json.dumps(rows, indent=1))
     print(f"\nJSON written to {out}")
+
+
+#: the TLS rows (issue 29): plaintext and TLS side by side, both driven by loadgen.py
+TLS_WORKLOADS = (
+    ("increment p1", ["--op=increment", "--clients=4"]),
+    ("increment p32", ["--op=increment", "--clients=4", "--pipeline=32"]),
+)
+TLS_SERVERS = ("wal-on", "wal-on+tls")
+
+
+def run_tls_cost(rounds: int, requests: int) -> list[dict[str, object]]:
+    """The cost of TLS, measured in one run: the same server with and without --tls-cert,
+    alternating, each driven by benchmarks/loadgen.py (kbench speaks no TLS, so both columns
+    use the Python generator: compare them with each other, not with the kbench table)."""
+    import trustme  # a test dependency (pyproject.toml): `make install` brings it
+
+    rows: list[dict[str, object]] = []
+    for round_ in range(1, rounds + 1):
+        for server in TLS_SERVERS:
+            directory = Path(tempfile.mkdtemp(prefix="kbench-tls-"))
+            port = free_port()
+            flags = [*COMMON, f"--port={port}", f"--directory={directory}", *SERVERS["wal-on"]]
+            extra: list[str] = []
+            if server.endswith("+tls"):
+                ca = trustme.CA()
+                leaf = ca.issue_cert("127.0.0.1")
+                ca.cert_pem.write_to_path(str(directory / "ca.pem"))
+                leaf.private_key_and_cert_chain_pem.write_to_path(str(directory / "server.pem"))
+                flags.append(f"--tls-cert={directory / 'server.pem'}")
+                extra = [f"--tls-ca={directory / 'ca.pem'}"]
+            process = subprocess.Popen(
+                [*KARMA, *flags], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            try:
+                wait_listening(port, process)
+                for workload, args in TLS_WORKLOADS:
+                    result = run_kbench(
+                        LOADGEN, port, [*args, f"--requests={requests}", *extra], process.pid
+                    )
+                    rows.append({"server": server, "workload": workload, "round": round_, **result})
+            finally:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                shutil.rmtree(directory, ignore_errors=True)
+    print()
+    print("TLS cost (both columns driven by benchmarks/loadgen.py, 4 clients):")
+    print_table(rows, list(TLS_SERVERS))
+    return rows
 
 
 def run_plan(plan: issue_table.Plan, rounds: int, options: Options) -> list[dict[str, object]]:

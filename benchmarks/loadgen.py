@@ -14,6 +14,7 @@ import argparse
 import json
 import multiprocessing
 import socket
+import ssl
 import time
 from typing import Any
 
@@ -62,6 +63,9 @@ def worker(args: argparse.Namespace, client: int, out: Any) -> None:
 def _drive(args: argparse.Namespace, client: int) -> tuple[list[float], int, str]:
     sock = socket.create_connection((args.host, args.port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if args.tls_ca:  # the server speaks TLS (--tls-cert): trust this CA for its certificate
+        context = ssl.create_default_context(cafile=args.tls_ca)
+        sock = context.wrap_socket(sock, server_hostname=args.host)
     reader = sock.makefile("rb")
     latencies: list[float] = []
     errors = sent = 0
@@ -96,6 +100,7 @@ def main() -> None:
     parser.add_argument("--pipeline", type=int, default=1)
     parser.add_argument("--keys", type=int, default=10000)
     parser.add_argument("--series", default="links")
+    parser.add_argument("--tls-ca", default="", help="speak TLS, trusting this CA file")
     args = parser.parse_args()
     queue: Any = multiprocessing.Queue()
     workers = [

@@ -24,6 +24,7 @@ from karma.config_values import (
     parse_role,
     parse_seconds,
     parse_text,
+    parse_tls_version,
     parse_token,
     parse_ttl,
     parse_urls,
@@ -187,6 +188,52 @@ OPTIONS: Final[tuple[Option, ...]] = (
         " required on every request.",
     ),
     Option(
+        "--tokens-file",
+        "KARMA_TOKENS_FILE",
+        None,
+        parse_text,
+        "JSON file of scoped tokens (name, SHA-256, rights, series prefixes; docs/security.md),"
+        " reloaded on SIGHUP. --auth-token and --read-auth-token stay valid beside it.",
+    ),
+    Option(
+        "--tls-cert",
+        "KARMA_TLS_CERT",
+        None,
+        parse_text,
+        "PEM certificate (chain) file: the client port, the metrics port and replication links"
+        " speak TLS (docs/security.md). Unset: plaintext. Reloaded on SIGHUP.",
+    ),
+    Option(
+        "--tls-key",
+        "KARMA_TLS_KEY",
+        None,
+        parse_text,
+        "PEM private key of --tls-cert (unset: the key is in the --tls-cert file).",
+    ),
+    Option(
+        "--tls-ca",
+        "KARMA_TLS_CA",
+        None,
+        parse_text,
+        "PEM CA file: clients must present a certificate it signed (mTLS), and replication"
+        " links trust it for the master's certificate.",
+    ),
+    Option(
+        "--tls-min-version",
+        "KARMA_TLS_MIN_VERSION",
+        "1.2",
+        parse_tls_version,
+        "Oldest TLS version accepted: 1.2 or 1.3.",
+    ),
+    Option(
+        "--tls-port",
+        "KARMA_TLS_PORT",
+        None,
+        parse_port,
+        "Serve TLS on this port and plaintext on --port (unset: with --tls-cert, --port itself"
+        " speaks TLS).",
+    ),
+    Option(
         "--dump-retention-per-tree",
         "KARMA_DUMP_RETENTION_PER_TREE",
         5,
@@ -294,6 +341,27 @@ OPTIONS: Final[tuple[Option, ...]] = (
         parse_urls,
         "etcd client URLs, comma-separated (http://127.0.0.1:2379,...): turns on automatic"
         " failover (docs/ha.md). Unset: no HA, --role decides.",
+    ),
+    Option(
+        "--ha-etcd-ca",
+        "KARMA_HA_ETCD_CA",
+        None,
+        parse_text,
+        "PEM CA file trusted for https:// etcd members (unset: the system's trust store).",
+    ),
+    Option(
+        "--ha-etcd-cert",
+        "KARMA_HA_ETCD_CERT",
+        None,
+        parse_text,
+        "PEM client certificate presented to etcd (its --client-cert-auth).",
+    ),
+    Option(
+        "--ha-etcd-key",
+        "KARMA_HA_ETCD_KEY",
+        None,
+        parse_text,
+        "PEM private key of --ha-etcd-cert.",
     ),
     Option(
         "--ha-cluster",
@@ -419,6 +487,12 @@ class Config:
     shutdown_timeout: float = 5.0
     auth_token: str | None = None
     read_auth_token: str | None = None
+    tokens_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    tls_min_version: str = "1.2"
+    tls_port: int | None = None
     dump_retention_per_tree: int = 5
     snapshot_interval_seconds: float = 0.0
     idempotency_max_records: int = 1000000
@@ -434,6 +508,9 @@ class Config:
     metrics_port: int = 0
     ready_max_lag_entries: int = 10000
     ha_etcd: str | None = None
+    ha_etcd_ca: str | None = None
+    ha_etcd_cert: str | None = None
+    ha_etcd_key: str | None = None
     ha_cluster: str = "karma"
     group: str | None = None
     cluster: str | None = None

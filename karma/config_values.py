@@ -80,6 +80,12 @@ def parse_token(text: str) -> str:
     return text
 
 
+def parse_tls_version(text: str) -> str:
+    if text not in ("1.2", "1.3"):
+        raise ValueError("expected 1.2 or 1.3")
+    return text
+
+
 def parse_log_level(text: str) -> str:
     if text not in LOG_LEVELS:
         raise ValueError("expected one of " + ", ".join(LOG_LEVELS))

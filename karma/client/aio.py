@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
+from anyio.streams.tls import TLSAttribute
 
 from karma.client import calls, limit_calls, seeds
 from karma.client.call import Call, backoff
@@ -26,6 +28,7 @@ from karma.client.wire import (
     is_quiet,
     read_answer,
     results,
+    tls_context,
 )
 from karma.cluster.directory import View
 
@@ -35,7 +38,7 @@ BROKEN = (OSError, anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedRes
 
 
 class _Connection:
-    def __init__(self, address: Address, stream: anyio.abc.SocketStream) -> None:
+    def __init__(self, address: Address, stream: anyio.abc.ByteStream) -> None:
         self.address = address
         self.stream = stream
         self.buffer = b""
@@ -46,6 +49,9 @@ class _Connection:
     def quiet(self) -> bool:
         """An idle connection the server closed reads as EOF; peeked without awaiting, since a
         zero timeout would cancel a trio read before it even looked."""
+        tls = self.stream.extra(TLSAttribute.ssl_object, None)
+        if tls is not None and tls.pending():
+            return False  # decrypted bytes nobody asked for
         raw = self.stream.extra(anyio.abc.SocketAttribute.raw_socket)
         # asyncio hands out a TransportSocket, which has no recv: peek through a socket object
         # borrowed on the same descriptor (detached after, so the descriptor stays open)
@@ -109,6 +115,10 @@ class AsyncClient(SendsAsync):
         seeds: Sequence[tuple[str, int]] | None = None,
         failover_timeout: float = 15.0,
         cluster: ClusterUrl | None = None,
+        tls: bool | ssl.SSLContext = False,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
     ) -> None:
         if "://" in host:
             parsed = parse_any_url(host)
@@ -116,10 +126,16 @@ class AsyncClient(SendsAsync):
             token = token if token is not None else parsed.get("token")
             seeds = parsed.get("seeds", seeds)
             cluster = parsed.get("cluster", cluster)
+            tls = parsed.get("tls", tls)
+            ca_file = parsed.get("ca_file", ca_file)
+            cert_file = parsed.get("cert_file", cert_file)
+            key_file = parsed.get("key_file", key_file)
         self._seeds = None if seeds is None else Seeds.of(seeds)
         if self._seeds is not None:
             host, port = self._seeds.addresses[0]
         self.host, self.port, self.token = host, port, token
+        #: as in `Client`: the TLS context connections are wrapped in, or None
+        self.tls = tls_context(tls, ca_file, cert_file, key_file)
         self.connect_timeout, self.timeout, self.retries = connect_timeout, timeout, retries
         self.failover_timeout = failover_timeout
         self._idle: list[_Connection] = []
@@ -140,6 +156,7 @@ class AsyncClient(SendsAsync):
             connect_timeout=self.connect_timeout,
             timeout=self.timeout,
             pool_size=self.pool_size,
+            tls=self.tls or False,
         )
 
     @classmethod
@@ -193,8 +210,17 @@ class AsyncClient(SendsAsync):
     async def _connect(self, address: Address) -> _Connection:
         try:
             with anyio.fail_after(self.connect_timeout):
-                stream = await anyio.connect_tcp(*address)
-        except (OSError, TimeoutError) as exc:
+                stream: anyio.abc.ByteStream
+                if self.tls is None:
+                    stream = await anyio.connect_tcp(*address)
+                else:  # the handshake too, under connect_timeout
+                    stream = await anyio.connect_tcp(
+                        *address,
+                        ssl_context=self.tls,
+                        tls_hostname=address[0],
+                        tls_standard_compatible=False,
+                    )
+        except (OSError, TimeoutError, anyio.BrokenResourceError) as exc:
             raise ConnectionFailed(f"cannot connect to {_text(address)}: {exc}") from exc
         return _Connection(address, stream)
 

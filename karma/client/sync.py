@@ -6,6 +6,7 @@ import contextlib
 import os
 import queue
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -24,8 +25,10 @@ from karma.client.wire import (
     decode_answers,
     encode_call,
     is_quiet,
+    is_tls_quiet,
     read_answer,
     results,
+    tls_context,
 )
 from karma.cluster.directory import View
 
@@ -33,10 +36,19 @@ T = TypeVar("T")
 
 
 class _Connection:
-    def __init__(self, address: Address, connect_timeout: float) -> None:
+    def __init__(
+        self, address: Address, connect_timeout: float, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.address = address
-        self.sock = socket.create_connection(address, timeout=connect_timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = socket.create_connection(address, timeout=connect_timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            try:  # the handshake, under connect_timeout: a refused certificate fails here
+                sock = tls.wrap_socket(sock, server_hostname=address[0])
+            except BaseException:
+                sock.close()
+                raise
+        self.sock = sock
         self.buffer = b""
         #: Only a connection whose every answer was read, none of them one after which the
         #: server hangs up, may carry another request. False while an exchange is under way,
@@ -47,6 +59,8 @@ class _Connection:
     def quiet(self) -> bool:
         """An idle connection the server closed (restart, idle timeout) reads as EOF."""
         self.sock.settimeout(0)
+        if isinstance(self.sock, ssl.SSLSocket):
+            return is_tls_quiet(self.sock)
         return is_quiet(self.sock)
 
     def exchange(self, data: bytes, answers: int, timeout: float) -> list[Answer]:
@@ -125,6 +139,10 @@ class Client(Sends):
         seeds: Sequence[tuple[str, int]] | None = None,
         failover_timeout: float = 15.0,
         cluster: ClusterUrl | None = None,
+        tls: bool | ssl.SSLContext = False,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
     ) -> None:
         if "://" in host:
             parsed = parse_any_url(host)
@@ -132,10 +150,17 @@ class Client(Sends):
             token = token if token is not None else parsed.get("token")
             seeds = parsed.get("seeds", seeds)
             cluster = parsed.get("cluster", cluster)
+            tls = parsed.get("tls", tls)
+            ca_file = parsed.get("ca_file", ca_file)
+            cert_file = parsed.get("cert_file", cert_file)
+            key_file = parsed.get("key_file", key_file)
         self._seeds = None if seeds is None else Seeds.of(seeds)
         if self._seeds is not None:
             host, port = self._seeds.addresses[0]
         self.host, self.port, self.token = host, port, token
+        #: TLS (`karmas://`, `tls=True`, or a CA or certificate file): the context connections
+        #: are wrapped in; server names are checked
+        self.tls = tls_context(tls, ca_file, cert_file, key_file)
         self.connect_timeout, self.timeout, self.retries = connect_timeout, timeout, retries
         self.failover_timeout = failover_timeout
         self._idle: queue.LifoQueue[_Connection] = queue.LifoQueue()
@@ -156,6 +181,7 @@ class Client(Sends):
             connect_timeout=self.connect_timeout,
             timeout=self.timeout,
             pool_size=self.pool_size,
+            tls=self.tls or False,
         )
 
     @classmethod
@@ -217,7 +243,7 @@ class Client(Sends):
 
     def _connect(self, address: Address) -> _Connection:
         try:
-            return _Connection(address, self.connect_timeout)
+            return _Connection(address, self.connect_timeout, self.tls)
         except OSError as exc:
             raise ConnectionFailed(f"cannot connect to {_text(address)}: {exc}") from exc
 
@@ -363,7 +389,7 @@ class Client(Sends):
     def _ask(self, address: Address) -> Topology | None:
         """`cluster.topology` from `address` on a connection of its own; None if no answer."""
         try:
-            connection = _Connection(address, self.connect_timeout)
+            connection = _Connection(address, self.connect_timeout, self.tls)
         except OSError:
             return None
         try:

@@ -8,14 +8,16 @@ when every answer it was asked for came back and none of them ends the connectio
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Sequence
 from typing import Any, Final, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 
 from karma.client.call import Call
 from karma.client.errors import ConnectionFailed, KarmaError, from_answer
+from karma.tls import client_context
 
 T = TypeVar("T")
 
@@ -108,21 +110,63 @@ def is_quiet(sock: socket.socket) -> bool:
     return False  # end of stream, or unsolicited bytes
 
 
+#: `karmas://` query parameters → Client keyword arguments (PEM file paths)
+TLS_PARAMETERS: Final = {"ca": "ca_file", "cert": "cert_file", "key": "key_file"}
+
+
 def parse_url(url: str) -> dict[str, Any]:
-    """`karma://[token@]host[:port]` → Client keyword arguments.
+    """`karma://[token@]host[:port]` (or `karmas://`, TLS) → Client keyword arguments.
 
     Several comma-separated hosts (`karma://token@h1:p1,h2:p2`) are a seed list: `seeds` holds
-    them all, and `host` and `port` the first one.
+    them all, and `host` and `port` the first one. `karmas://...?ca=PATH&cert=PATH&key=PATH`
+    names the CA to trust (else the system's) and a client certificate (mTLS).
     """
     parts = urlsplit(url)
-    if parts.scheme != "karma":
-        raise ValueError(f"not a karma:// URL: {url}")
+    if parts.scheme not in ("karma", "karmas"):
+        raise ValueError(f"not a karma:// or karmas:// URL: {url}")
     token = parts.username or None
     hosts = parts.netloc.rpartition("@")[2]
+    options: dict[str, Any] = {"token": token}
+    if parts.scheme == "karmas":
+        options["tls"] = True
+        for name, values in parse_qs(parts.query).items():
+            if name not in TLS_PARAMETERS:
+                raise ValueError(f"unknown karmas:// parameter {name!r} (ca, cert, key)")
+            options[TLS_PARAMETERS[name]] = values[-1]
+    elif parts.query:
+        raise ValueError(f"karma:// URLs take no parameters (karmas:// does): {url}")
     if "," not in hosts:
-        return {"host": parts.hostname or "127.0.0.1", "port": parts.port or 8080, "token": token}
+        return {"host": parts.hostname or "127.0.0.1", "port": parts.port or 8080, **options}
     seeds = [_seed(url, text) for text in hosts.split(",")]
-    return {"host": seeds[0][0], "port": seeds[0][1], "token": token, "seeds": seeds}
+    return {"host": seeds[0][0], "port": seeds[0][1], **options, "seeds": seeds}
+
+
+def tls_context(
+    tls: bool | ssl.SSLContext,
+    ca_file: str | None,
+    cert_file: str | None,
+    key_file: str | None,
+) -> ssl.SSLContext | None:
+    """The clients' `tls` argument as a context: None for plaintext; True (or any of the
+    files) builds one with karma.tls.client_context; a context is used as given."""
+    if isinstance(tls, ssl.SSLContext):
+        return tls
+    if not tls and ca_file is None and cert_file is None:
+        return None
+    return client_context(ca_file, cert_file, key_file)
+
+
+def is_tls_quiet(sock: ssl.SSLSocket) -> bool:
+    """`is_quiet` for a TLS connection: no decrypted bytes waiting, and the socket under it
+    quiet (peeked through a socket object borrowed on the same descriptor)."""
+    if sock.pending():
+        return False
+    borrowed = socket.socket(sock.family, sock.type, sock.proto, fileno=sock.fileno())
+    try:
+        borrowed.setblocking(False)
+        return is_quiet(borrowed)
+    finally:
+        borrowed.detach()
 
 
 def _seed(url: str, text: str) -> tuple[str, int]:

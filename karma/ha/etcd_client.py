@@ -8,6 +8,7 @@ last good one, within one time bound per call over all members.
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Sequence
 from typing import Any
 
@@ -86,12 +87,20 @@ class EtcdClient:
 
     urls: Sequence[str]
     timeout_s: float = 1.0
+    #: for https:// members: the CA to trust and the client certificate to present
+    #: (karma.tls.client_context); None: httpx's default verification
+    tls: ssl.SSLContext | None = None
     _http: httpx.AsyncClient | None = attrs.field(default=None, init=False)
     _preferred: int = attrs.field(default=0, init=False)
 
+    def _client(self) -> httpx.AsyncClient:
+        if self.tls is None:
+            return httpx.AsyncClient(timeout=self.timeout_s)
+        return httpx.AsyncClient(timeout=self.timeout_s, verify=self.tls)
+
     async def call(self, request: Call) -> dict[str, Any]:
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=self.timeout_s)
+            self._http = self._client()
         failures: list[str] = []
         count = len(self.urls)
         deadline = anyio.current_time() + self.timeout_s
@@ -129,7 +138,7 @@ class EtcdClient:
         etcd). EtcdError when no endpoint keeps a stream open, or etcd cancels the watch.
         """
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=self.timeout_s)
+            self._http = self._client()
         request = watch_request(key, start_revision=start_revision)
         # opening is as quick as any call; waiting for a change is not bounded here
         timeout = httpx.Timeout(self.timeout_s, read=None)

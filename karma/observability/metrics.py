@@ -8,7 +8,7 @@ the server's own counters, such as failed accepts).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Final
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
@@ -187,6 +187,25 @@ class ReplicasCollector(Collector):
         )
 
 
+class RefusalsCollector(Collector):
+    """Token refusals (issue 29's audit), by the token's entry name (never the token), op and
+    code. `GET /metrics` only."""
+
+    def __init__(self, refusals: Callable[[], Mapping[tuple[str, str, str], int]]) -> None:
+        self.refusals = refusals
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "karma_auth_refusals",
+            "Requests refused for their token (unauthorized, forbidden), by token name ('-':"
+            " none or unknown), op and code",
+            labels=["token", "op", "code"],
+        )
+        for (name, op, code), count in sorted(self.refusals().items()):
+            family.add_metric([name, op, code], count)
+        yield family
+
+
 class LimitsCollector(Collector):
     """Reservations held in memory (issue 23): open holds and settled ids are both bounded
     (--max-open-reservations, --max-settled-reservations), and settled ids are forgotten
@@ -244,6 +263,7 @@ def full_registry(
     replica_lsns: Callable[[], dict[str, int]] = dict,
     limits: Callable[[], Limits] | None = None,
     clock_behind_s: Callable[[], float] | None = None,
+    refusals: Callable[[], Mapping[tuple[str, str, str], int]] | None = None,
 ) -> CollectorRegistry:
     registry = karma_registry(stats, counters)
     # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
@@ -257,6 +277,8 @@ def full_registry(
         registry.register(LimitsCollector(limits))
     if clock_behind_s is not None:
         registry.register(ClockCollector(clock_behind_s))
+    if refusals is not None:
+        registry.register(RefusalsCollector(refusals))
     return registry
 
 

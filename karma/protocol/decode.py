@@ -37,7 +37,11 @@ def decode(line: bytes, gate: Gate) -> r.Request:
     if spec.internal and not gate.internal_ops:
         raise KarmaError(ErrorCode.UNKNOWN_COMMAND, f"Unknown op {r.op_tag(type(request))}")
     if not gate.open:
-        gate.admit(spec, request.token)
+        scope = gate.admit(spec, request.token)
+        _check(request, spec)
+        if scope is not None:
+            gate.check_series(scope, spec, request)
+        return request
     _check(request, spec)
     return request
 
@@ -69,7 +73,8 @@ def _decode_slow(line: bytes, gate: Gate) -> r.Request:
     cls = optable.CLASS_BY_TAG.get(op)
     if cls is None or (optable.SPEC_BY_CLASS[cls].internal and not gate.internal_ops):
         raise KarmaError(ErrorCode.UNKNOWN_COMMAND, f"Unknown op {op}")
-    gate.admit(optable.SPEC_BY_CLASS[cls], obj.get("token"))
+    spec = optable.SPEC_BY_CLASS[cls]
+    scope = gate.admit(spec, obj.get("token"))
     cleaned = {k: v for k, v in obj.items() if not (k in _SKIPPED and not isinstance(v, str))}
     cleaned["v"] = 2
     if issubclass(cls, r.SeriesRequest) and "tree" not in cleaned and "series" not in cleaned:
@@ -80,7 +85,9 @@ def _decode_slow(line: bytes, gate: Gate) -> r.Request:
     except msgspec.ValidationError as exc:
         # the field walk found nothing, yet msgspec refused: still a client error, worded by msgspec
         raise KarmaError.validation(f"Invalid request: {exc}") from None
-    _check(request, optable.SPEC_BY_CLASS[cls])
+    _check(request, spec)
+    if scope is not None:
+        gate.check_series(scope, spec, request)
     return request
 
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 import math
 import signal
 import socket
+import ssl
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from typing import Any
 import attrs
 import trio
 
-from karma import days
+from karma import days, tls
 from karma.cluster.owner import Ownership
 from karma.config import Config
 from karma.config_values import Role
@@ -35,9 +37,10 @@ from karma.ha.rules import Keys
 from karma.ha.shardmap_store import ShardMapStore
 from karma.observability import metrics
 from karma.observability.logs import Logger
+from karma.protocol import scopes
 from karma.server import limit_ops, system_ops, systemd
 from karma.server.accept import AcceptFailures, listen, serve_listeners
-from karma.server.connections import Drain, serve_connection
+from karma.server.connections import Drain, serve_connection, serve_tls_connection
 from karma.server.context import Context, HaView
 from karma.server.follower_task import Follower
 from karma.server.ha_task import HaTask, Settings
@@ -109,6 +112,46 @@ def _prepare(config: Config, log: Logger) -> Prepared:
     return Prepared(directory, engine, status, wal, restored.checkpoints)
 
 
+def load_tokens(config: Config) -> scopes.TokenTable | None:
+    """--tokens-file's table with the two tokens of the options in it; None without a file.
+    Raises TokensFileError (or OSError) naming the line or entry and the reason."""
+    if config.tokens_file is None:
+        return None
+    path = Path(config.tokens_file)
+    table = scopes.parse(path.read_text(encoding="utf-8"), str(path))
+    return scopes.with_implicit(table, config.auth_token, config.read_auth_token)
+
+
+@attrs.define(eq=False)
+class Reloader:
+    """SIGHUP: the TLS certificate and key, and the tokens file, read again. Each part that
+    fails keeps what it had and logs why; open connections keep going either way."""
+
+    config: Config
+    node: Node
+    log: Logger
+    contexts: tls.Reloadable | None
+
+    def reload(self) -> None:
+        if self.contexts is not None:
+            failed = self.contexts.reload()
+            if failed is None:
+                self.log.info("tls.reloaded", cert=self.contexts.settings.cert)
+            else:
+                self.log.error("tls.reload_failed", reason=failed, kept="the previous certificate")
+        if self.config.tokens_file is not None:
+            try:
+                table = load_tokens(self.config)
+            except (scopes.TokensFileError, OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                self.log.error("tokens.reload_failed", reason=reason, kept="the previous table")
+                return
+            assert table is not None
+            self.node.context.tokens = table
+            self.node.gate = attrs.evolve(self.node.gate, tokens=table)
+            self.log.info("tokens.reloaded", tokens=len(table.names()))
+
+
 async def serve(
     config: Config,
     *,
@@ -120,6 +163,13 @@ async def serve(
         log = Logger(enabled=config.log, level=config.log_level)
     if shutdown is None:  # not `shutdown or ...`: a trio.Event refuses bool()
         shutdown = trio.Event()
+    try:
+        settings = tls.server_settings(config)
+        contexts = None if settings is None else tls.Reloadable.load(settings)
+        tokens = load_tokens(config)
+        etcd_tls(config)  # a bad etcd CA or certificate stops the start, not the HA loop
+    except (tls.TlsError, scopes.TokensFileError, OSError, UnicodeDecodeError) as exc:
+        raise StartupError(str(exc)) from exc
     prepared = await trio.to_thread.run_sync(_prepare, config, log)
     engine, status, wal = prepared.engine, prepared.status, prepared.wal
     writer = None
@@ -160,9 +210,11 @@ async def serve(
         checkpoints,
         fence,
         cluster=ownership,
+        tokens=tokens,
     )
     node = Node(context)
     limit_ops.bound_loaded_holds(context)
+    reloader = Reloader(config, node, log, contexts)
     if writer is not None:
         writer.on_logged = node.context.replicas.wal_appended
     drain = Drain()
@@ -172,7 +224,7 @@ async def serve(
             if writer is not None:
                 await services.start(writer.run)
                 services.start_soon(snapshots.recover_lost_wal)
-            services.start_soon(_watch_signals, shutdown, snapshots, log)
+            services.start_soon(_watch_signals, shutdown, snapshots, log, reloader.reload)
             if config.metrics_port:
                 registry = metrics.full_registry(
                     partial(system_ops.stats_values, node.context),
@@ -181,6 +233,7 @@ async def serve(
                     lambda: node.context.replicas.lsns,
                     lambda: engine.limits,  # a replica's bootstrap replaces it
                     node.context.clocks.behind_s,
+                    lambda: node.audit.counts,
                 )
                 await services.start(
                     serve_metrics,
@@ -190,6 +243,7 @@ async def serve(
                     log,
                     failures,
                     Probes(status, config.ready_max_lag_entries, fence),
+                    contexts,
                 )
             if fence is not None:
                 pass  # the HA task decides the role, once the client port is known (below)
@@ -206,14 +260,23 @@ async def serve(
                 services.start_soon(_shardmap_task(config, ownership, log).serve)
             async with trio.open_nursery() as connections:
                 listeners = await listen(config.bind, config.port, "--bind/--port")
+                plain = partial(serve_connection, node, drain)
+                secure = (
+                    None
+                    if contexts is None
+                    else partial(serve_tls_connection, node, drain, contexts)
+                )
+                tls_port = None
                 async with trio.open_nursery() as accepting:
-                    accepting.start_soon(
-                        serve_listeners,
-                        partial(serve_connection, node, drain),
-                        listeners,
-                        connections,
-                        failures,
-                    )
+                    if secure is not None and config.tls_port is not None:
+                        # two ports: --port stays plaintext (karma 1.0 clients), TLS beside it
+                        tls_listeners = await listen(config.bind, config.tls_port, "--tls-port")
+                        tls_port = tls_listeners[0].socket.getsockname()[1]
+                        accepting.start_soon(
+                            serve_listeners, secure, tls_listeners, connections, failures
+                        )
+                    handler = plain if secure is None or tls_port is not None else secure
+                    accepting.start_soon(serve_listeners, handler, listeners, connections, failures)
                     port = listeners[0].socket.getsockname()[1]
                     ha = None
                     if fence is not None:
@@ -226,6 +289,8 @@ async def serve(
                         "server.started",
                         bind=config.bind,
                         port=port,
+                        tls="off" if contexts is None else ("--tls-port" if tls_port else "on"),
+                        tls_port=tls_port,
                         role=str(config.role),
                         wal=config.wal,
                         keys=engine.store.key_count,
@@ -278,7 +343,9 @@ def _ha_task(
     )
     # each etcd request gets at most a third of the TTL (spec: 1 s at ttl 10), so one slow
     # member cannot eat the whole lease
-    etcd = EtcdClient(config.ha_etcd.split(","), timeout_s=min(1.0, config.ha_ttl / 3))
+    etcd = EtcdClient(
+        config.ha_etcd.split(","), timeout_s=min(1.0, config.ha_ttl / 3), tls=etcd_tls(config)
+    )
     roles = ServerRoles(config, directory, node, status, log, services, name)
     log.info("ha.started", node=name, addr=settings.addr, etcd=config.ha_etcd)
     node.context.replicas.unpublished()  # no report counts until this node leads and publishes
@@ -293,9 +360,19 @@ def group_name(config: Config) -> str:
 def _shardmap_task(config: Config, ownership: Ownership, log: Logger) -> ShardMapTask:
     assert config.ha_etcd is not None
     assert config.cluster is not None
-    etcd = EtcdClient(config.ha_etcd.split(","), timeout_s=min(1.0, config.ha_ttl / 3))
+    etcd = EtcdClient(
+        config.ha_etcd.split(","), timeout_s=min(1.0, config.ha_ttl / 3), tls=etcd_tls(config)
+    )
     log.info("cluster.started", cluster=config.cluster, group=ownership.group)
     return ShardMapTask(ShardMapStore(etcd, config.cluster), ownership, log, config.ha_loop_wait)
+
+
+def etcd_tls(config: Config) -> ssl.SSLContext | None:
+    """The context https:// etcd members are reached with, when a CA or a client certificate
+    is given (else httpx's own verification against the system store)."""
+    if config.ha_etcd_ca is None and config.ha_etcd_cert is None:
+        return None
+    return tls.client_context(config.ha_etcd_ca, config.ha_etcd_cert, config.ha_etcd_key)
 
 
 #: how long a stopping HA master waits for its replicas to hold its last entry
@@ -315,10 +392,16 @@ async def _final_snapshot(snapshots: Snapshotter, config: Config, log: Logger) -
         log.error("snapshot.shutdown_failed", error=exc.message)
 
 
-async def _watch_signals(shutdown: trio.Event, snapshots: Snapshotter, log: Logger) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
+async def _watch_signals(
+    shutdown: trio.Event, snapshots: Snapshotter, log: Logger, reload: Callable[[], None]
+) -> None:
+    watched = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)
+    with trio.open_signal_receiver(*watched) as signals:
         async for signum in signals:
             log.info("signal", signal=signal.Signals(signum).name)
+            if signum == signal.SIGHUP:
+                reload()
+                continue
             if signum != signal.SIGUSR1:
                 shutdown.set()
                 continue

@@ -1,4 +1,4 @@
-"""One task per client connection: stream ⇄ LineBuffer ⇄ Node.
+"""One task per client connection: stream ⇄ LineBuffer ⇄ Node (through TLS on the TLS port).
 
 All the lines of one read are handled in order and their answers leave in one write. Writes
 are queued on the WAL writer without waiting — keyed writes and limit decisions too — so a
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -28,6 +29,8 @@ from karma.protocol import envelope
 from karma.protocol.framing import LineBuffer
 from karma.server.answers import Acknowledgement, Busy, Waiting
 from karma.server.node import Node
+from karma.server.tls_channel import TlsChannel
+from karma.tls import Reloadable
 
 RECEIVE_BYTES = 65536
 
@@ -64,16 +67,21 @@ class Drain:
                 connection.scope.cancel()
 
 
-async def serve_connection(node: Node, drain: Drain, stream: trio.SocketStream) -> None:
+async def serve_connection(
+    node: Node, drain: Drain, stream: trio.SocketStream, tls: ssl.SSLContext | None = None
+) -> None:
     # The plain socket under the stream, driven with wait_readable/wait_writable: trio's
     # socket methods cost a scheduler round trip after every successful send and two context
     # managers per call, more than the rest of a small request (cProfile under kbench). Here
-    # a request costs one trip: the wait for its bytes.
+    # a request costs one trip: the wait for its bytes. With `tls`, the same loop reads and
+    # sends through a TlsChannel on that socket (every byte on the wire is a TLS record).
     raw = socket.socket(fileno=stream.socket.detach())
     raw.setblocking(False)
     config = node.context.config
     if not config.nodelay:  # trio turns TCP_NODELAY on by default
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, False)
+    channel = None if tls is None else TlsChannel(raw, tls)
+    recv = raw.recv if channel is None else channel.recv
     buffer = LineBuffer(config.max_request_bytes)
     read_timeout = config.read_timeout or math.inf
     write_timeout = config.write_timeout or math.inf
@@ -83,10 +91,17 @@ async def serve_connection(node: Node, drain: Drain, stream: trio.SocketStream) 
     # (for a request, or for room to send), and moved only when it has fallen behind by more
     # than a tenth of the timeout: idle clients go after 90-100 % of --read-timeout.
     with trio.CancelScope() as deadline:
-        send = partial(_send, raw, deadline, write_timeout)
+        if channel is None:
+            send = partial(_send, raw, deadline, write_timeout)
+        else:
+            send = partial(_send_tls, channel, deadline, write_timeout)
         connection = Connection(deadline)
         drain.open.add(connection)
         try:
+            if channel is not None:
+                # under --read-timeout: a client that never completes it goes like an idle one
+                _extend(deadline, trio.current_time(), read_timeout)
+                await channel.handshake()
             waited = True
             # Reads that held exactly one request, in a row: from the second on, the client is
             # taken to wait for each answer (one request in flight), and the next read goes
@@ -102,9 +117,9 @@ async def serve_connection(node: Node, drain: Drain, stream: trio.SocketStream) 
             line_due = math.inf
             while not drain.closing:
                 data: bytes | None = None
-                if singles < 2:
+                if singles < 2 or (channel is not None and channel.buffered()):
                     try:
-                        data = raw.recv(RECEIVE_BYTES)
+                        data = recv(RECEIVE_BYTES)
                     except BlockingIOError:
                         pass
                 if data is None:
@@ -120,9 +135,9 @@ async def serve_connection(node: Node, drain: Drain, stream: trio.SocketStream) 
                     connection.idle = False
                     waited = True
                     try:
-                        data = raw.recv(RECEIVE_BYTES)
+                        data = recv(RECEIVE_BYTES)
                     except BlockingIOError:
-                        continue  # woken without bytes after all
+                        continue  # woken without bytes after all (or part of a TLS record)
                 if not data:
                     return
                 if not waited:
@@ -135,22 +150,21 @@ async def serve_connection(node: Node, drain: Drain, stream: trio.SocketStream) 
                 singles = singles + 1 if len(lines) == 1 else 0
                 out = await answer_all(node, lines, deadline, send, limit)
                 if buffer.too_large:
-                    error = KarmaError(
-                        ErrorCode.REQUEST_TOO_LARGE,
-                        f"Request exceeds {config.max_request_bytes} bytes",
-                    )
-                    out.append(envelope.encode_error(error))
-                    counters = node.context.engine.counters
-                    counters.record(0.0, failed=True)
-                    counters.record_error(str(ErrorCode.REQUEST_TOO_LARGE), "-")
+                    out.append(_too_large(node))
                 if out:
                     # inline rather than `await send(...)`: most answers leave in this one call
                     payload = out[0] if len(out) == 1 else b"".join(out)
-                    sent = _send_some(raw, payload)
-                    if sent < len(payload):
-                        _extend(deadline, trio.current_time(), write_timeout)
-                        await _send_rest(raw, payload, sent)
-                        waited = True
+                    if channel is not None:
+                        if not channel.send(payload):
+                            _extend(deadline, trio.current_time(), write_timeout)
+                            await channel.flush()
+                            waited = True
+                    else:
+                        sent = _send_some(raw, payload)
+                        if sent < len(payload):
+                            _extend(deadline, trio.current_time(), write_timeout)
+                            await _send_rest(raw, payload, sent)
+                            waited = True
                 if buffer.too_large:
                     return
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -159,6 +173,37 @@ async def serve_connection(node: Node, drain: Drain, stream: trio.SocketStream) 
             drain.open.discard(connection)
             trio.lowlevel.notify_closing(raw)
             raw.close()
+
+
+def _too_large(node: Node) -> bytes:
+    """The answer to a request line longer than --max-request-bytes (the connection closes)."""
+    config = node.context.config
+    error = KarmaError(
+        ErrorCode.REQUEST_TOO_LARGE, f"Request exceeds {config.max_request_bytes} bytes"
+    )
+    counters = node.context.engine.counters
+    counters.record(0.0, failed=True)
+    counters.record_error(str(ErrorCode.REQUEST_TOO_LARGE), "-")
+    return envelope.encode_error(error)
+
+
+async def serve_tls_connection(
+    node: Node, drain: Drain, contexts: Reloadable, stream: trio.SocketStream
+) -> None:
+    """A client of the TLS port: served with the server context of the moment (a SIGHUP
+    reload changes what the next connection gets, never an open one's). A client that speaks
+    plaintext, or fails the certificate check, is closed without an answer: there is no channel
+    to answer on (a refused handshake's alert is sent when the socket takes it)."""
+    await serve_connection(node, drain, stream, contexts.current)
+
+
+async def _send_tls(
+    channel: TlsChannel, deadline: trio.CancelScope, write_timeout: float, payload: bytes
+) -> None:
+    """`_send` through TLS."""
+    if not channel.send(payload):
+        _extend(deadline, trio.current_time(), write_timeout)
+        await channel.flush()
 
 
 async def _send(

@@ -22,6 +22,7 @@ from karma.core.engine import Engine
 from karma.ha.fence import Fence
 from karma.ha.rules import TermStart
 from karma.observability.logs import Logger
+from karma.protocol.scopes import TokenTable
 from karma.server.claims import Claims
 from karma.server.clock import NodeClock
 from karma.server.replicas import Replicas
@@ -65,6 +66,8 @@ class Context:
     slowlog: SlowLog = attrs.field(factory=SlowLog)
     #: the karma_* families of system.metrics (made on first use, by system_ops)
     karma_metrics: CollectorRegistry | None = None
+    #: --tokens-file's table, with --auth-token/--read-auth-token in it (None: no file)
+    tokens: TokenTable | None = None
     _files: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(2))
 
     #: keys and reservation ids being written (made from the engine and the writer)

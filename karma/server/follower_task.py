@@ -23,7 +23,7 @@ import attrs
 import msgspec
 import trio
 
-from karma import days
+from karma import days, tls
 from karma.config import Config
 from karma.core import mutations as m
 from karma.core.counters import NodeStatus
@@ -81,6 +81,7 @@ class Follower:
             self.config.replication_token,
             # a poll may long-wait for one poll interval on the master
             max(timeout, 5.0, 2 * self.config.replication_poll_interval_ms / 1000 + 1),
+            tls=tls.link_context(self.config),
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -8,6 +8,7 @@ exception: a gap (`GapError`), any other refusal (`RejectedError`, with its code
 from __future__ import annotations
 
 import json
+import ssl
 from typing import Any
 
 import attrs
@@ -40,7 +41,9 @@ class MasterLink:
     port: int
     token: str | None
     timeout_s: float
-    _stream: trio.SocketStream | None = None
+    #: set: the link speaks TLS (karma.tls.link_context), checking the master's name
+    tls: ssl.SSLContext | None = None
+    _stream: trio.abc.Stream | None = None
     _buffer: bytes = b""
 
     async def call(self, op: str, **fields: Any) -> Any:
@@ -50,13 +53,14 @@ class MasterLink:
         try:
             with trio.fail_after(self.timeout_s):
                 if self._stream is None:
-                    self._stream = await trio.open_tcp_stream(self.host, self.port)
+                    self._stream = await self._open()
                     self._buffer = b""
                 await self._stream.send_all(json.dumps(request).encode() + b"\n")
                 line = await self._line()
         except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             await self.close()
-            reason = str(exc) or type(exc).__name__
+            cause = exc.__cause__  # a refused handshake: the ssl error says what was refused
+            reason = str(cause if isinstance(cause, ssl.SSLError) else exc) or type(exc).__name__
             raise ReplicationError(f"master {self.host}:{self.port}: {reason}") from exc
         answer = json.loads(line)
         if not answer.get("success"):
@@ -66,6 +70,13 @@ class MasterLink:
                 f"Master rejected {op}: {answer.get('response')}", str(answer.get("error_code"))
             )
         return answer["response"]
+
+    async def _open(self) -> trio.abc.Stream:
+        if self.tls is None:
+            return await trio.open_tcp_stream(self.host, self.port)
+        stream = await trio.open_ssl_over_tcp_stream(self.host, self.port, ssl_context=self.tls)
+        await stream.do_handshake()  # a refused certificate fails here, named, not mid-request
+        return stream
 
     async def _line(self) -> bytes:
         assert self._stream is not None

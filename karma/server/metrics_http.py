@@ -12,6 +12,7 @@ changes them. A tiny HTTP/1.1 responder is enough: Prometheus sends one GET per 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import attrs
@@ -24,6 +25,7 @@ from karma.ha.fence import Fence
 from karma.observability.logs import Logger
 from karma.observability.metrics import exposition
 from karma.server.accept import AcceptFailures, listen, serve_listeners
+from karma.tls import Reloadable
 
 MAX_HEADER_BYTES = 16384
 
@@ -51,6 +53,7 @@ async def serve_metrics(
     log: Logger,
     failures: AcceptFailures,
     probes: Probes,
+    contexts: Reloadable | None = None,
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -58,11 +61,30 @@ async def serve_metrics(
     bound = listeners[0].socket.getsockname()[1]
     log.info("metrics.started", bind=host, port=bound)
     task_status.started(bound)
+    answer = partial(_answer, registry, probes)
+    handler = answer if contexts is None else partial(_answer_tls, contexts, answer)
     async with trio.open_nursery() as scrapes:
-        await serve_listeners(partial(_answer, registry, probes), listeners, scrapes, failures)
+        await serve_listeners(handler, listeners, scrapes, failures)
 
 
-async def _answer(registry: CollectorRegistry, probes: Probes, stream: trio.SocketStream) -> None:
+async def _answer_tls(
+    contexts: Reloadable,
+    answer: Callable[[trio.abc.Stream], Awaitable[None]],
+    stream: trio.SocketStream,
+) -> None:
+    """With --tls-cert the probes and /metrics are https, with the client port's certificate
+    but no client certificate asked even with --tls-ca: kubelet's https probes cannot send
+    one. Keep the port on a private address (--metrics-bind) or behind a network policy."""
+    tls = trio.SSLStream(stream, contexts.without_client_certs, server_side=True)
+    try:
+        with trio.fail_after(5):
+            await tls.do_handshake()
+    except (trio.BrokenResourceError, trio.TooSlowError):
+        return  # not TLS, a refused certificate, or too slow: nothing to answer on
+    await answer(tls)
+
+
+async def _answer(registry: CollectorRegistry, probes: Probes, stream: trio.abc.Stream) -> None:
     async with stream:
         head = b""
         with trio.move_on_after(5):
@@ -95,7 +117,7 @@ async def _answer(registry: CollectorRegistry, probes: Probes, stream: trio.Sock
 
 
 async def _send(
-    stream: trio.SocketStream,
+    stream: trio.abc.Stream,
     status: bytes,
     content_type: bytes,
     body: bytes,

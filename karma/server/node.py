@@ -30,7 +30,7 @@ from karma.errors import ErrorCode, KarmaError
 from karma.protocol import envelope, optable
 from karma.protocol import requests as r
 from karma.protocol.decode import decode
-from karma.protocol.gate import Gate
+from karma.protocol.gate import Gate, RefusalError
 from karma.server import (
     durability,
     limit_ops,
@@ -41,6 +41,7 @@ from karma.server import (
     write_ops,
 )
 from karma.server.answers import Books, Busy, Waiting
+from karma.server.audit import Audit
 from karma.server.claims import Outcome
 from karma.server.context import AsyncHandler, Context, SyncHandler
 from karma.server.replication_ops import LongPoll
@@ -55,6 +56,8 @@ class Node:
     books: Books = attrs.field(init=False)
     #: the owner check of a sharded node (--cluster); None: every key is served here
     owner: Ownership | None = attrs.field(init=False)
+    #: token refusals, by token name (issue 29)
+    audit: Audit = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         ctx = self.context
@@ -65,8 +68,10 @@ class Node:
             # with HA every node starts read-only; the HA task opens the leader's gate
             slave=config.role is Role.SLAVE or ctx.fence is not None,
             fence=ctx.fence,
+            tokens=ctx.tokens,
         )
         self.owner = ctx.cluster
+        self.audit = Audit(ctx.log)
         self.books = Books(
             ctx.engine.counters,
             ctx.log,
@@ -85,8 +90,11 @@ class Node:
                 self.owner.admit(request)
             return request
         except KarmaError as exc:
+            op = _op_of(line)
             self.context.engine.counters.record(0.0, failed=True)
-            self.context.engine.counters.record_error(str(exc.code), _op_of(line))
+            self.context.engine.counters.record_error(str(exc.code), op)
+            if isinstance(exc, RefusalError):
+                self.audit.refused(exc.token_name, op, str(exc.code), time.monotonic())
             return envelope.encode_error(exc)
 
     @staticmethod
@@ -136,11 +144,23 @@ class Node:
         cls = type(request)
         if cls in ENGINE_READS:
             budget = self._budget() if cls in SCANNING_READS else _UNLIMITED
-            return self.context.engine.read(request, budget)
+            answer = self.context.engine.read(request, budget)
+            if cls is r.TreeList and self.gate.tokens is not None:
+                return self._in_scope(request, answer)
+            return answer
         handler = _SHELL_BY_CLASS.get(cls)
         if handler is None:
             raise KarmaError(ErrorCode.INTERNAL_ERROR, f"{r.op_tag(cls)} has no handler")
         return handler(self.context, request)
+
+    def _in_scope(self, request: r.Request, names: object) -> object:
+        """`tree.list` for a scoped token: only the series its prefixes cover."""
+        assert self.gate.tokens is not None
+        assert isinstance(names, list)
+        scope = self.gate.tokens.lookup(request.token)
+        if scope is None or scope.everything:
+            return names
+        return [name for name in names if scope.covers(name)]
 
     def _budget(self) -> AnyBudget:
         if not self.context.config.query_timeout_ms:

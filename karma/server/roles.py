@@ -22,6 +22,7 @@ from pathlib import Path
 import attrs
 import trio
 
+from karma import tls
 from karma.config import Config
 from karma.config_values import Role
 from karma.core.counters import NodeStatus
@@ -80,7 +81,13 @@ class ServerRoles:
     async def ask(self, addr: str) -> tuple[str, int] | None:
         """Another member's own word on its role and LSN, or None when it does not answer."""
         host, _, port = addr.rpartition(":")
-        link = MasterLink(host, int(port), self.config.replication_token, ASK_TIMEOUT_S)
+        link = MasterLink(
+            host,
+            int(port),
+            self.config.replication_token,
+            ASK_TIMEOUT_S,
+            tls=tls.link_context(self.config),
+        )
         try:
             answer = await link.call("replication.status")
             return str(answer["role"]), int(answer["wal_current_lsn"])

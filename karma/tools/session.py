@@ -13,6 +13,7 @@ import json
 import os
 import select
 import socket
+import ssl
 from enum import IntEnum
 from typing import Any
 
@@ -43,13 +44,16 @@ class Address:
     token: str | None
     #: a cluster URL (`karma+etcd://…`, `karma+seeds://…`): requests go by the shard map
     cluster: str | None = None
+    #: `karmas://`: the TLS context (the client's own), else None
+    tls: ssl.SSLContext | None = None
 
     @classmethod
     def from_url(cls, url: str | None) -> Address:
         """`url`, or `KARMA_URL`, or the client's default; ValueError for a bad URL."""
         client = Client.from_env() if url is None else Client.from_url(url)
         text = url if url is not None else os.environ.get("KARMA_URL", "")
-        return cls(client.host, client.port, client.token, text if client.clustered else None)
+        cluster = text if client.clustered else None
+        return cls(client.host, client.port, client.token, cluster, client.tls)
 
     def __str__(self) -> str:
         return self.cluster or f"{self.host}:{self.port}"
@@ -138,9 +142,16 @@ class Session:
             if readable:  # nothing is owed to us, so this is the server closing an idle line
                 self.close()
         if self._sock is None:
-            self._sock = socket.create_connection(
+            sock = socket.create_connection(
                 (self.address.host, self.address.port), timeout=self.timeout
             )
+            if self.address.tls is not None:
+                try:
+                    sock = self.address.tls.wrap_socket(sock, server_hostname=self.address.host)
+                except BaseException:
+                    sock.close()
+                    raise
+            self._sock = sock
             self._buffer = b""
         return self._sock
 

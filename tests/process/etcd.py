@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -18,21 +19,32 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from tests.process.proc import free_port
+from tests.tls_certs import Certs
 
 ETCD = shutil.which("etcd")
 
 
 class Etcd:
-    def __init__(self, directory: Path, name: str = "t") -> None:
+    def __init__(self, directory: Path, name: str = "t", tls: Certs | None = None) -> None:
         self.directory = directory
         self.name = name
+        #: set: clients reach it over https and must present a certificate of `tls.ca`
+        self.tls = tls
         self.client_port = free_port()
         self.peer_port = free_port()
-        self.url = f"http://127.0.0.1:{self.client_port}"
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.client_port}"
         self.peer_url = f"http://127.0.0.1:{self.peer_port}"
         #: `name=peer_url,...` of every member (set by EtcdCluster; alone: just this one)
         self.initial_cluster = f"{name}={self.peer_url}"
         self.extra_flags: list[str] = []
+        if tls is not None:
+            self.extra_flags += [
+                f"--cert-file={tls.cert}",
+                f"--key-file={tls.key}",
+                f"--trusted-ca-file={tls.ca_file}",
+                "--client-cert-auth",
+            ]
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = directory.parent / f"{directory.name}.log"
         self._log: BinaryIO | None = None
@@ -95,7 +107,11 @@ class Etcd:
         request = urllib.request.Request(
             self.url + path, data=json.dumps(body).encode(), method="POST"
         )
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=self.tls.ca_file)
+            context.load_cert_chain(self.tls.client_cert, self.tls.client_key)
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as answer:
             result: dict[str, Any] = json.loads(answer.read())
             return result
 

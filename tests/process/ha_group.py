@@ -11,7 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from karma.tls import client_context
 from tests.process.proc import Client, Proc
+from tests.tls_certs import Certs
 
 TTL = 3
 LOOP_WAIT = 1.0
@@ -28,7 +30,18 @@ class HasUrl(Protocol):
 
 
 def node(tmp_path: Path, etcd: HasUrl, name: str, *flags: str) -> Proc:
-    return Proc(
+    """A node of the group; when `etcd` speaks TLS (its `tls` certificates), so does the node:
+    its client port and links with mTLS, and its etcd client with a client certificate."""
+    certs: Certs | None = getattr(etcd, "tls", None)
+    if certs is not None:
+        flags = (
+            *certs.server_flags(mtls=True),
+            f"--ha-etcd-ca={certs.ca_file}",
+            f"--ha-etcd-cert={certs.client_cert}",
+            f"--ha-etcd-key={certs.client_key}",
+            *flags,
+        )
+    proc = Proc(
         tmp_path / name,
         f"--ha-etcd={etcd.url}",
         "--ha-cluster=t",
@@ -39,10 +52,13 @@ def node(tmp_path: Path, etcd: HasUrl, name: str, *flags: str) -> Proc:
         "--wal-fsync=false",
         *flags,
     )
+    if certs is not None:
+        proc.client_tls = client_context(certs.ca_file, certs.client_cert, certs.client_key)
+    return proc
 
 
 def call(proc: Proc, op: str, **fields: object) -> dict[str, object]:
-    client = Client(proc.port)
+    client = Client(proc.port, proc.client_tls)
     try:
         return client.call(op, **fields)
     finally:

@@ -7,6 +7,7 @@ import os
 import resource
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -38,6 +39,8 @@ class Proc:
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = directory.parent / f"{directory.name}-server.log"
         self._log: BinaryIO | None = None
+        #: a TLS node (--tls-cert): what test clients wrap their connections in
+        self.client_tls: ssl.SSLContext | None = None
 
     def start(self, *extra: str, wait: bool = True, same_port: bool = False) -> Proc:
         if not (same_port and self.port):
@@ -126,8 +129,11 @@ class Proc:
 
 
 class Client:
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    def __init__(self, port: int, tls: ssl.SSLContext | None = None) -> None:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        if tls is not None:
+            sock = tls.wrap_socket(sock, server_hostname="127.0.0.1")
+        self.sock = sock
         self.buffer = b""
 
     def call(self, op: str, **fields: Any) -> dict[str, Any]:

@@ -26,16 +26,23 @@ from tests.process.ha_group import (
     wait_for,
 )
 from tests.process.proc import Client, Proc
+from tests.tls_certs import make
 
 pytestmark = [
     pytest.mark.process,
+    # every test of this module twice: plaintext, and TLS everywhere (the etcd fixture)
+    pytest.mark.parametrize("etcd", [False, True], indirect=True, ids=["plaintext", "tls"]),
     pytest.mark.skipif(ETCD is None, reason="no etcd binary (Debian: apt-get install etcd-server)"),
 ]
 
 
 @pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[Etcd]:
-    member = Etcd(tmp_path / "etcd").start()
+def etcd(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Etcd]:
+    """One member; with the indirect parameter True (this module's tests, below), TLS
+    everywhere: etcd over https with client certificates, and nodes (ha_group.node) with mTLS
+    on their client ports and links (issue 29). Plaintext for the modules that import it."""
+    certs = make(tmp_path / "certs") if getattr(request, "param", False) else None
+    member = Etcd(tmp_path / "etcd", tls=certs).start()
     try:
         yield member
     finally:
@@ -83,10 +90,12 @@ def test_a_paused_master_never_acks_after_its_deadline_and_rejoins_as_a_replica(
     master = start_group(three)
     assert increment(master)["success"]
     replicas = [p for p in three if p is not master]
+    # over TLS the handshake needs the master awake: those connections open before the pause
+    pending = [Client(master.port, master.client_tls) for _ in range(5 if master.client_tls else 0)]
     master.signal(signal.SIGSTOP)
     stopped = time.monotonic()
     # writes sent while it is stopped: queued in its socket buffers, read after SIGCONT
-    pending = [Client(master.port) for _ in range(5)]
+    pending = pending or [Client(master.port) for _ in range(5)]
     for i, client in enumerate(pending):
         client.sock.sendall(
             b'{"v":2,"op":"counter.increment","series":"s","key":%d,"value":1,"bucket":%d}\n'

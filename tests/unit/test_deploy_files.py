@@ -77,7 +77,8 @@ def test_the_image_exposes_its_ports_and_keeps_data_on_a_volume() -> None:
 def test_the_healthcheck_asks_the_metrics_port_for_healthz() -> None:
     command = dockerfile.healthcheck_command(FINAL)
     assert command[:2] == ["python", "-c"]
-    assert "http://127.0.0.1:%s/healthz" in command[2]
+    assert "://127.0.0.1:%s/healthz" in command[2]
+    assert "'https' if tls else 'http'" in command[2]  # https once KARMA_TLS_CERT is set
     assert "os.environ['KARMA_METRICS_PORT']" in command[2]
 
 
