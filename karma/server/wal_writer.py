@@ -433,10 +433,24 @@ class WalWriter:
             self._fail([pending], error)
 
     def _current(self, batch: Batch) -> Batch:
-        """`batch` without the writes failed behind a failed flush while it was gathered."""
+        """`batch` without the writes submitted before a failed flush: they are behind it.
+
+        Most were failed by `_fail_behind` already. One can have escaped it: the write this
+        task's `receive()` was handed but had not run with yet when the failure came back
+        from the WAL thread (in neither the channel nor `_forming`). It is failed here, like
+        the others: dropped unfinished, its client would wait forever and its limit effect
+        would stay pending, counted by every later decision.
+        """
         if batch[0].epoch == self._failures:  # submitted in order: the first is the oldest
             return batch
-        return [pending for pending in batch if pending.epoch == self._failures]
+        kept: Batch = []
+        for pending in batch:
+            if pending.epoch == self._failures:
+                kept.append(pending)
+            elif not pending.done.is_set():
+                assert self._failure is not None  # an older epoch means a flush failed
+                self._fail([pending], self._failure)
+        return kept
 
     def _fenced(self, batch: Batch) -> Batch:
         """`batch` without the client writes the fence refuses now (they are answered)."""
