@@ -161,3 +161,32 @@ async def _commit(writer: WalWriter, mutation: m.Mutation):  # type: ignore[no-u
     pending = writer.submit_nowait(mutation)
     await pending.done.wait()
     return pending
+
+
+async def test_a_write_in_flight_to_the_gathering_task_is_failed_behind_a_failed_flush(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    # The window: the writer task waits in receive(); a write is submitted (handed straight to
+    # that task, which has not run yet) and, before the task runs, a failed flush's result is
+    # handled on the loop. The write is in neither the channel nor the batch being gathered.
+    # The failure's handling is called here as the WAL thread's callback calls it, with no
+    # checkpoint in between, because the thread's timing cannot place it in that window.
+    writer, wal, engine, _status = await start(nursery, tmp_path, fsync=True, gated=True)
+    assert isinstance(wal, GatedDisk)
+    wal.failures = 1
+    first = writer.submit_nowait(inc(1))
+    await trio.to_thread.run_sync(wal.entered.wait)  # on the WAL thread, held there
+    await trio.testing.wait_all_tasks_blocked()  # the writer task waits in receive()
+    behind = writer.submit_nowait(inc(2))  # handed to the waiting task, which has not run
+    error = writer._failure = writer._failed(OSError(errno.EIO, "Input/output error"), 1)
+    writer._fail_behind(error)
+    with trio.fail_after(5):  # dropped unfinished, it would never be answered
+        await behind.done.wait()
+    assert behind.error is error
+    assert first.error is error  # ahead of it, and not done either: failed with it
+    wal.release.set()  # the thread's own result for `first` comes back: a failure too
+    with trio.fail_after(5):
+        await writer._settled.wait()  # nothing handed over is out any more
+    assert engine.store.series == {}
+    assert (await _commit(writer, inc(7))).error is None  # the writer goes on
+    assert engine.store.series["a"].sum(1) == 7
