@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import importlib.util
 import json
 import subprocess
 import sys
@@ -377,14 +376,6 @@ def swap_map(etcd: EtcdCluster, shardmap: ShardMap) -> None:
     assert etcd.members[0].post("/v3/kv/txn", txn).get("succeeded")
 
 
-NODE_SIDE = importlib.util.find_spec("karma.server.shardmap_task") is not None
-
-
-@pytest.mark.skipif(
-    not NODE_SIDE,
-    reason="nodes answer `moved` only with the node side of issue 27 (--cluster, branch "
-    "issue27-node); until it is merged every node serves every key",
-)
 def test_a_stale_map_follows_moved(tmp_path: Path) -> None:
     etcd = EtcdCluster(tmp_path / "etcd", size=1).start()
     cluster = OwnerCluster(tmp_path / "c", etcd, "c1", ["g1", "g2"], node_flags=["--cluster=c1"])
